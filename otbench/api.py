@@ -1,0 +1,265 @@
+"""The nouns every plugin codes against: Problem, Solution, Truth, Task, Solver, Metric.
+
+A *task* builds a ``Problem`` (what the solver may see) and a ``Truth`` (what only the metrics see).
+A *solver* turns a ``Problem`` into a ``Solution`` that declares which parts it holds. A *metric* is a
+function of (truth, solution, problem) that returns named numbers; the runner applies every metric whose
+needs are met by the solution and the truth.
+
+Conventions (used by every built-in metric):
+- Continuous problems: ``sample_p(n)`` / ``sample_q(n)`` return ``[n, dim]`` tensors on ``problem.device``.
+- A *critic* ``f`` maps ``[n, dim] -> [n]`` and maximises ``E_P f - E_Q f`` (so ``W1 ~ E_P f - E_Q f``).
+- A *map* ``T`` pushes P onto Q: ``T([n, dim]) -> [n, dim]``.
+- A discrete *plan* is an ``[n, m]`` matrix whose row sums are ``a`` and column sums are ``b``.
+- *Plan samples* are paired ``(x, y)`` tensors from a coupling of P and Q.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays fast
+    import torch
+
+__all__ = [
+    "PROBLEM_KINDS",
+    "SOLUTION_PARTS",
+    "Problem",
+    "Solution",
+    "Truth",
+    "Task",
+    "Solver",
+    "Metric",
+    "OTBenchError",
+    "UnsupportedProblem",
+    "InvalidInput",
+    "SolverDidNotConverge",
+]
+
+PROBLEM_KINDS = ("continuous", "discrete")
+SOLUTION_PARTS = ("distance", "critic", "map", "plan", "plan_samples", "generator", "classifier")
+
+
+class OTBenchError(Exception):
+    """Base class of the errors otbench raises on purpose."""
+
+
+class UnsupportedProblem(OTBenchError):
+    """A solver was handed a problem kind or cost it does not declare support for."""
+
+
+class InvalidInput(OTBenchError, ValueError):
+    """Weights, costs or points that no OT problem can be built from (NaN, negative, wrong shape...)."""
+
+
+class SolverDidNotConverge(OTBenchError):
+    """A solver stopped before its own optimality criterion held; never report its number silently."""
+
+
+@dataclass
+class Problem:
+    """What a solver is allowed to see. Carries no ground truth.
+
+    ``kind`` is ``"continuous"`` (samplers) or ``"discrete"`` (weights + points and/or cost matrix).
+    ``cost`` names the ground cost: ``"euclidean"`` (|x-y|), ``"sqeuclidean"`` (|x-y|^2) or
+    ``"matrix"`` (only ``cost_matrix`` is given).
+    """
+
+    kind: str
+    dim: int
+    cost: str
+    device: "torch.device"
+    dtype: "torch.dtype"
+    sample_p: Callable[[int], "torch.Tensor"] | None = None
+    sample_q: Callable[[int], "torch.Tensor"] | None = None
+    a: "torch.Tensor | None" = None
+    b: "torch.Tensor | None" = None
+    x: "torch.Tensor | None" = None
+    y: "torch.Tensor | None" = None
+    cost_matrix: "torch.Tensor | None" = None
+    seed: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBLEM_KINDS:
+            raise InvalidInput(f"Problem.kind must be one of {PROBLEM_KINDS}, got {self.kind!r}")
+        if self.kind == "continuous" and (self.sample_p is None or self.sample_q is None):
+            raise InvalidInput("a continuous Problem needs sample_p and sample_q")
+        if self.kind == "discrete" and self.cost_matrix is None and (self.x is None or self.y is None):
+            raise InvalidInput("a discrete Problem needs a cost_matrix or points x and y")
+
+    def ground_cost(self, x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+        """Pairwise cost matrix ``[n, m]`` between point sets for this problem's named cost."""
+        from otbench.costs import pairwise_cost
+
+        return pairwise_cost(x, y, self.cost)
+
+
+@dataclass
+class Solution:
+    """What a solver returns. Every field is optional; ``parts()`` says which ones are set.
+
+    ``iterations`` and ``trace`` (a list of ``{"iteration", "time", ...}`` checkpoints) are recorded by the
+    runner; ``info`` holds extra named numbers the solver wants in its record (e.g. final loss).
+    """
+
+    distance: float | None = None
+    critic: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    map: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    plan: "torch.Tensor | None" = None
+    plan_samples: Callable[[int], tuple["torch.Tensor", "torch.Tensor"]] | None = None
+    generator: Callable[[int], "torch.Tensor"] | None = None
+    classifier: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    iterations: int | None = None
+    trace: list[dict[str, float]] = field(default_factory=list)
+    info: dict[str, float] = field(default_factory=dict)
+
+    def parts(self) -> frozenset[str]:
+        return frozenset(p for p in SOLUTION_PARTS if getattr(self, p) is not None)
+
+
+@dataclass
+class Truth:
+    """Ground truth kept by a task for the metrics; a solver never sees it.
+
+    ``distance``: the true OT cost (W1 for the Euclidean cost, W2^2 for squared Euclidean, LP optimum for
+    discrete problems), with its Monte Carlo standard error ``distance_se`` when it is estimated.
+    ``critic_grad``: the gradient of an optimal critic at points of P.
+    ``sample_p`` / ``sample_q`` / ``sample_plan``: evaluation samplers on streams independent of the
+    solver's. ``map``: the optimal map P -> Q. ``plan``: the exact discrete plan. ``extra``: anything else.
+    """
+
+    distance: float | None = None
+    distance_se: float | None = None
+    critic_grad: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    sample_p: Callable[[int], "torch.Tensor"] | None = None
+    sample_q: Callable[[int], "torch.Tensor"] | None = None
+    sample_plan: Callable[[int], tuple["torch.Tensor", "torch.Tensor"]] | None = None
+    map: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    plan: "torch.Tensor | None" = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def parts(self) -> frozenset[str]:
+        names = [f.name for f in dataclasses.fields(self) if f.name != "extra"]
+        return frozenset(n for n in names if getattr(self, n) is not None) | frozenset(self.extra)
+
+
+class _Component:
+    """Shared plumbing of tasks and solvers: a registry name, a version and validated parameters."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    #: default parameter values; a parameter not listed here is rejected with the list of known ones.
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise InvalidInput(
+                f"{type(self).__name__} ({self.name!r}) got unknown parameter(s) {unknown}; "
+                f"known: {sorted(self.defaults)}"
+            )
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+class Task(_Component):
+    """Makes seeded problems and keeps their truth.
+
+    Subclasses set ``name``, ``kind``, ``defaults`` and ``primary_metric`` (a metric output name and
+    ``"min"`` or ``"max"``), and implement ``build``.
+    """
+
+    kind: ClassVar[str] = "continuous"
+    primary_metric: ClassVar[tuple[str, str]] = ("distance_rel_error", "min")
+
+    def build(self, seed: int, device: "torch.device", dtype: "torch.dtype") -> tuple[Problem, Truth]:
+        """Return the problem a solver sees and the truth the metrics use, both reproducible from ``seed``."""
+        raise NotImplementedError
+
+
+class Solver(_Component):
+    """Turns a Problem into a Solution.
+
+    Subclasses set ``name``, ``defaults``, the capabilities ``kinds`` (problem kinds accepted), ``costs``
+    (ground costs accepted, ``None`` = any), ``provides`` (solution parts returned; ``provides_by_kind``
+    refines it per problem kind) and optionally
+    ``threads`` (the CPU thread count it runs best with: tiny MLPs want 1), and implement ``solve``.
+    """
+
+    kinds: ClassVar[frozenset[str]] = frozenset({"continuous"})
+    costs: ClassVar[frozenset[str] | None] = None
+    provides: ClassVar[frozenset[str]] = frozenset({"distance"})
+    #: optional per-kind refinement of ``provides`` when a solver returns different parts per problem kind
+    provides_by_kind: ClassVar[Mapping[str, frozenset[str]]] = {}
+    threads: ClassVar[int | None] = None
+
+    @classmethod
+    def parts_for(cls, kind: str) -> frozenset[str]:
+        """The solution parts this solver promises on a problem of ``kind``."""
+        return cls.provides_by_kind.get(kind, cls.provides)
+
+    def supports(self, problem: Problem) -> str | None:
+        """``None`` if this solver can take ``problem``, else the reason it cannot."""
+        if problem.kind not in self.kinds:
+            return f"{self.name} solves {sorted(self.kinds)} problems, not {problem.kind!r}"
+        if self.costs is not None and problem.cost not in self.costs:
+            return f"{self.name} supports costs {sorted(self.costs)}, not {problem.cost!r}"
+        return None
+
+    def check_supported(self, problem: Problem) -> None:
+        reason = self.supports(problem)
+        if reason is not None:
+            raise UnsupportedProblem(reason)
+
+    def solve(self, problem: Problem) -> Solution:
+        raise NotImplementedError
+
+
+class Metric:
+    """A named function of (truth, solution, problem) returning ``{output_name: float}``.
+
+    ``needs``: solution parts required; ``truth_needs``: truth parts required; ``kinds``: problem kinds it
+    applies to. ``outputs`` maps each output name to ``"min"`` or ``"max"`` (which direction is better).
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    truth_needs: ClassVar[frozenset[str]] = frozenset()
+    kinds: ClassVar[frozenset[str]] = frozenset(PROBLEM_KINDS)
+    outputs: ClassVar[Mapping[str, str]] = {}
+
+    def applies(self, problem: Problem, truth: Truth, solution: Solution) -> str | None:
+        """``None`` if the metric can be computed, else the reason it cannot."""
+        if problem.kind not in self.kinds:
+            return f"problem kind {problem.kind!r}"
+        missing = self.needs - solution.parts()
+        if missing:
+            return f"solution lacks {sorted(missing)}"
+        missing = self.truth_needs - truth.parts()
+        if missing:
+            return f"task truth lacks {sorted(missing)}"
+        return None
+
+    def compute(self, truth: Truth, solution: Solution, problem: Problem) -> dict[str, float]:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))

@@ -1,0 +1,166 @@
+"""Executing one run: build the task, solve, time, measure memory, apply the metrics, make a record.
+
+Nothing a run does can escape as an exception: a crash, NaN, timeout or out-of-memory becomes a record with
+``status = "failed"``, the error and its traceback. Only ``KeyboardInterrupt`` propagates, so that Ctrl-C
+stops the suite (every record finished before it is already on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from otbench.api import Metric, Solution, UnsupportedProblem
+from otbench.env import DTYPES, PeakMemory, choose_threads, environment, resolve_device, seed_everything, synchronize
+from otbench.registry import Registry
+from otbench.suite import RunSpec
+
+
+class RunTimeout(Exception):
+    """The solver ran past the run's timeout."""
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Iterator[None]:
+    """Raise ``RunTimeout`` in the main thread after ``seconds`` (no-op off the main thread or off Unix).
+
+    It interrupts Python code between bytecodes; a single long native call is interrupted when it returns.
+    The process-pool executor enforces timeouts by killing the worker instead, which always works.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise RunTimeout(f"run exceeded its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _spec_fields(spec: RunSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def base_record(spec: RunSpec) -> dict[str, Any]:
+    return {**_spec_fields(spec), "status": "pending", "started": datetime.now(timezone.utc).isoformat()}
+
+
+def failed_record(spec: RunSpec, error: str, tb: str = "", **extra: Any) -> dict[str, Any]:
+    """A failure record made outside the run (e.g. by an executor whose worker died or timed out)."""
+    return {**base_record(spec), "status": "failed", "error": error, "traceback": tb, **extra}
+
+
+def _finite_or_error(metrics: dict[str, float], solution: Solution) -> str | None:
+    if solution.distance is not None and not math.isfinite(float(solution.distance)):
+        return f"solver returned a non-finite distance ({solution.distance})"
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v))
+    if bad:
+        return f"metrics returned NaN: {bad}"
+    return None
+
+
+def select_metrics(registry: Registry, names: tuple[str, ...] | None) -> list[Metric]:
+    chosen = names if names is not None else tuple(sorted(registry.metrics))
+    return [registry.metric(n).cls() for n in chosen]
+
+
+def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeout: bool = True) -> dict[str, Any]:
+    """Run one cell and return its record (never raises, except on KeyboardInterrupt)."""
+    record = base_record(spec)
+    task_entry, solver_entry = registry.task(spec.task), registry.solver(spec.solver)
+    threads = choose_threads(spec.threads, solver_entry.cls.threads, jobs)
+    torch.set_num_threads(threads)
+    record["plugins"] = {"task": [task_entry.plugin, task_entry.version], "solver": [solver_entry.plugin, solver_entry.version]}
+    record["primary_metric"] = list(task_entry.cls.primary_metric)
+    try:
+        device = resolve_device(spec.device)
+        record["env"] = environment(device, threads)
+        seed_everything(spec.seed)
+        t0 = time.perf_counter()
+        problem, truth = task_entry.cls(**spec.task_params).build(spec.seed, device, DTYPES[spec.dtype])
+        record["task_build_seconds"] = time.perf_counter() - t0
+        solver = solver_entry.cls(**spec.solver_params)
+        reason = solver.supports(problem)
+        if reason is not None:
+            record.update(status="skipped", reason=reason)
+            return _finish(record)
+        seed_everything(spec.seed)
+        with PeakMemory(device) as mem, (alarm(spec.timeout) if enforce_timeout else contextlib.nullcontext()):
+            synchronize(device)
+            start = time.perf_counter()
+            solution = solver.solve(problem)
+            synchronize(device)
+            record["seconds"] = time.perf_counter() - start
+        record["peak_memory_mb"] = mem.peak_bytes / 2**20
+        if not isinstance(solution, Solution):
+            raise TypeError(f"{spec.solver}.solve returned {type(solution).__name__}, expected otbench.Solution")
+        record["parts"] = sorted(solution.parts())
+        record["iterations"] = solution.iterations
+        record["trace"] = solution.trace
+        record["info"] = dict(solution.info)
+        metrics, skipped, errors = _apply_metrics(registry, spec, truth, solution, problem)
+        record["metrics"] = metrics
+        record["metrics_skipped"] = skipped
+        problem_text = _finite_or_error(metrics, solution)
+        if errors:
+            record.update(status="failed", error="; ".join(errors))
+        elif problem_text:
+            record.update(status="failed", error=problem_text)
+        else:
+            record["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except RunTimeout as exc:
+        record.update(status="failed", error=f"timeout: {exc}", traceback=traceback.format_exc())
+    except torch.cuda.OutOfMemoryError as exc:
+        record.update(status="failed", error=f"out of memory: {exc}", traceback=traceback.format_exc())
+    except UnsupportedProblem as exc:
+        record.update(status="skipped", reason=str(exc))
+    except MemoryError as exc:
+        record.update(status="failed", error=f"out of memory: MemoryError {exc}", traceback=traceback.format_exc())
+    except Exception as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    return _finish(record)
+
+
+def _apply_metrics(registry: Registry, spec: RunSpec, truth: Any, solution: Solution, problem: Any
+                   ) -> tuple[dict[str, float], dict[str, str], list[str]]:
+    values: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    errors: list[str] = []
+    for metric in select_metrics(registry, spec.metrics):
+        reason = metric.applies(problem, truth, solution)
+        if reason is not None:
+            skipped[metric.name] = reason
+            continue
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(spec.seed + 7919)  # metrics that sample get a fixed stream of their own
+            out = metric.compute(truth, solution, problem)
+            values.update({k: float(v) for k, v in out.items()})
+        except Exception as exc:
+            errors.append(f"metric {metric.name} raised {type(exc).__name__}: {exc}")
+        finally:
+            torch.random.set_rng_state(gen_state)
+    return values, skipped, errors
+
+
+def _finish(record: dict[str, Any]) -> dict[str, Any]:
+    record["finished"] = datetime.now(timezone.utc).isoformat()
+    return record
