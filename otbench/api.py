@@ -223,6 +223,9 @@ class Solver(_Component):
         if reason is not None:
             raise UnsupportedProblem(reason)
 
+    def prepare(self, problem: Problem) -> None:
+        """Untimed set-up before ``solve`` (import heavy libraries, warm up kernels). Optional."""
+
     def solve(self, problem: Problem) -> Solution:
         raise NotImplementedError
 

@@ -49,8 +49,9 @@ def _worker(inbox: Any, outbox: Any, jobs: int) -> None:
         spec = inbox.get()
         if spec is None:
             return
-        # The parent enforces the timeout by killing this process; no in-process alarm is needed.
-        outbox.put((os.getpid(), execute_run(spec, registry, jobs=jobs, enforce_timeout=False)))
+        # The in-worker alarm stops Python-level overruns with an exact record; the parent kills the worker
+        # as a backstop when native code ignores the alarm.
+        outbox.put((os.getpid(), execute_run(spec, registry, jobs=jobs)))
 
 
 class _Worker:
@@ -72,9 +73,10 @@ class _Worker:
 
 
 class ProcessPoolExecutor:
-    """Local process pool. ``grace`` seconds are added to each run's timeout before its worker is killed."""
+    """Local process pool. A worker is killed ``grace`` seconds after its run's timeout (the run's task build
+    and set-up count here, so the default is generous; the worker's own alarm normally fires first)."""
 
-    def __init__(self, jobs: int, grace: float = 5.0, max_idle_deaths: int = 3) -> None:
+    def __init__(self, jobs: int, grace: float = 30.0, max_idle_deaths: int = 3) -> None:
         self.jobs, self.grace, self.max_idle_deaths = max(1, jobs), grace, max_idle_deaths
         self._idle_deaths = 0
 

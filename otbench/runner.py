@@ -100,6 +100,7 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
         if reason is not None:
             record.update(status="skipped", reason=reason)
             return _finish(record)
+        solver.prepare(problem)
         seed_everything(spec.seed)
         with PeakMemory(device) as mem, (alarm(spec.timeout) if enforce_timeout else contextlib.nullcontext()):
             synchronize(device)

@@ -64,8 +64,11 @@ class ResultStore:
         """Write one record durably (one write call, then fsync)."""
         line = (json.dumps(_jsonable(record), sort_keys=True, allow_nan=False) + "\n").encode()
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # close a line torn by an earlier kill so this record stays readable
             written = os.write(fd, line)
             if written != len(line):  # pragma: no cover - only on a full disk
                 raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")

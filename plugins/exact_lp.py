@@ -58,6 +58,9 @@ class ExactLP(Solver):
                         "continuous": frozenset({"distance", "plan_samples"})}
     defaults = {"n_samples": 1024, "max_iter": None}
 
+    def prepare(self, problem: Problem) -> None:
+        import ot  # noqa: F401  (POT's first import takes seconds; keep it out of the timed solve)
+
     def solve(self, problem: Problem) -> Solution:
         self.check_supported(problem)
         if problem.kind == "discrete":

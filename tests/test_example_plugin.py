@@ -1,0 +1,47 @@
+"""A third-party package adds a solver without touching the core: install it, discover it, run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, otbench_cli, write_suite
+
+EXAMPLE = ROOT / "examples" / "otbench-example-plugin"
+
+
+@pytest.fixture(scope="module")
+def installed_example():
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                           "-e", str(EXAMPLE)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return True
+
+
+def test_example_plugin_is_discovered(installed_example):
+    plugins = otbench_cli("plugins", check=True).stdout
+    assert "example" in plugins and "otbench-example-plugin" in plugins
+    listing = otbench_cli("list", "solvers", check=True).stdout
+    assert "sliced_wasserstein" in listing
+
+
+def test_example_plugin_runs_in_a_suite_and_passes_conformance(installed_example, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", """
+name: third_party
+seeds: [0]
+tasks: [{name: gaussian_shift, params: {dim: 4, shift: 2.0}}]
+solvers: [{name: sliced_wasserstein, params: {n_samples: 512}}, {name: exact_lp, params: {n_samples: 256}}]
+""")
+    otbench_cli("run", str(suite), "--results-dir", str(tmp_path / "r"), "--strict", check=True)
+    records = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
+    sliced = next(r for r in records if r["solver"] == "sliced_wasserstein")
+    assert sliced["status"] == "ok" and sliced["plugins"]["solver"][0] == "example"
+    # sliced W1 of a shift by m equals E|<m, theta>| < |m|: the leaderboard shows it biased low
+    assert 0.2 < sliced["metrics"]["distance"] < 2.0
+    check = subprocess.run([sys.executable, "-c", "from otbench.testing import check_solver;"
+                            "from otbench_example import SlicedWasserstein as S; check_solver(S, {'n_samples': 128})"],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
