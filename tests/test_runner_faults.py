@@ -119,8 +119,11 @@ def test_ctrl_c_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     suite = write_suite(tmp_path / "slow.yaml", SLOW_SUITE)
     out = tmp_path / "res"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OTBENCH_PLUGIN_MODULES": "fault_plugins"}
+    # A shell that starts jobs in the background makes them ignore SIGINT, and Python then installs no
+    # KeyboardInterrupt handler: restore the default so the child behaves as under an interactive Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-m", "otbench.cli", "run", str(suite), "--results-dir", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = out / "records.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
