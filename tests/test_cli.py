@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from conftest import ROOT, otbench_cli, write_suite
+from conftest import otbench_cli, write_suite
 
 
 def test_smoke_suite_runs_and_second_run_runs_nothing(tmp_path):

@@ -16,14 +16,6 @@ from otbench_plugins.exact_lp import exact_emd
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def cloud(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64, weights: str = "uniform"):
     """Uniform points in [0,1]^d, squared-Euclidean cost normalised to max 1, and the exact LP optimum."""
     g = torch.Generator().manual_seed(seed)

@@ -32,14 +32,6 @@ SETTINGS = {
 TINY = {"iterations": 3, "batch_size": 32, "eval_samples": 64, "width": 16, "trace_every": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _problem(seed: int = 0):
     return GaussianShift(dim=2, shift=W1).build(seed, torch.device("cpu"), torch.float32)
 
