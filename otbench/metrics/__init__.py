@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from otbench.hookspecs import hookimpl
 
-_MODULES = ("otbench.metrics.distance", "otbench.metrics.w1", "otbench.metrics.lp")
+_MODULES = ("otbench.metrics.distance", "otbench.metrics.maps", "otbench.metrics.lp", "otbench.metrics.w1")
 
 
 def core_metrics() -> list[type]:
