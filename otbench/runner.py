@@ -143,6 +143,7 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
 def _apply_metrics(registry: Registry, spec: RunSpec, truth: Any, solution: Solution, problem: Any
                    ) -> tuple[dict[str, float], dict[str, str], list[str]]:
     values: dict[str, float] = {}
+    owner: dict[str, str] = {}
     skipped: dict[str, str] = {}
     errors: list[str] = []
     for metric in select_metrics(registry, spec.metrics):
@@ -154,7 +155,11 @@ def _apply_metrics(registry: Registry, spec: RunSpec, truth: Any, solution: Solu
         try:
             torch.manual_seed(spec.seed + 7919)  # metrics that sample get a fixed stream of their own
             out = metric.compute(truth, solution, problem)
+            clash = sorted(k for k in out if k in owner)
+            if clash:  # never let one metric silently overwrite another's number
+                raise ValueError(f"outputs {clash} are already produced by metric {owner[clash[0]]!r}")
             values.update({k: float(v) for k, v in out.items()})
+            owner.update({k: metric.name for k in out})
         except Exception as exc:
             errors.append(f"metric {metric.name} raised {type(exc).__name__}: {exc}")
         finally:

@@ -186,3 +186,25 @@ solvers: [{name: exact_lp, params: {n_samples: 32}}]
                 pass
         busy = otbench_cli("run", str(suite), "--results-dir", str(a))
         assert busy.returncode == 2 and "in use" in busy.stderr
+
+
+def test_two_metrics_producing_one_name_is_an_error(tmp_path):
+    from otbench.api import Metric
+    from otbench.registry import load_registry
+
+    class Shadow(Metric):
+        """Claims an output name the core distance metric already produces."""
+        name = "shadow_distance"
+        needs = frozenset({"distance"})
+        outputs = {"distance": "none"}
+
+        def compute(self, truth, solution, problem):
+            return {"distance": -1.0}
+
+    reg = load_registry()
+    reg.metrics["shadow_distance"] = dataclasses.replace(reg.metrics["distance_error"], cls=Shadow)
+    spec = dataclasses.replace(_specs(reg, tmp_path, "  - {name: exact_lp, params: {n_samples: 32}}")[0],
+                               metrics=("distance_error", "shadow_distance"))
+    rec = execute_run(spec, reg)
+    assert rec["status"] == "failed" and "already produced by metric 'distance_error'" in rec["error"]
+    assert rec["metrics"]["distance"] > 0  # the first metric's value was not overwritten
