@@ -1,4 +1,4 @@
-"""The ``otbench`` command line: run, validate, list, plugins, report.
+"""The ``otbench`` command line: run, validate, list, plugins, report, new-plugin.
 
 Exit codes: 0 success (failed runs are reported, not fatal, unless ``--strict``); 1 failed runs with
 ``--strict``; 2 invalid suite or usage; 130 interrupted (finished runs are saved; rerun to resume).
@@ -189,6 +189,20 @@ def plugins() -> None:
     for failure in registry.failures:
         table.add_row(failure.plugin, "", "", f"FAILED: {failure.error}")
     out.print(table)
+
+
+@app.command("new-plugin")
+def new_plugin(name: str = typer.Argument(..., help="distribution name, e.g. otbench-my-solver"),
+               directory: Path = typer.Option(Path("."), "--dir", help="where to create the package")) -> None:
+    """Create a working, installable plugin package (a solver, a conformance test, a README)."""
+    from otbench.scaffold import new_plugin as scaffold
+
+    try:
+        root = scaffold(name, directory)
+    except (ValueError, FileExistsError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    out.print(f"created {root}: pip install -e {root} && pytest {root}")
 
 
 @app.command()
