@@ -206,15 +206,23 @@ def new_plugin(name: str = typer.Argument(..., help="distribution name, e.g. otb
 
 
 @app.command()
-def report(directory: Path = typer.Argument(..., help="a results directory")) -> None:
+def report(directory: Path = typer.Argument(..., help="a results directory"),
+           suite_path: Optional[Path] = typer.Option(None, "--suite", help="keep only the runs this suite plans now"),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="write the report here instead")) -> None:
     """Rebuild leaderboard.csv and summary.md from the records in DIRECTORY (partial runs too)."""
     from otbench.report import write_report
     from otbench.store import RECORDS_FILE
+    from otbench.suite import plan_runs
 
     if not (directory / RECORDS_FILE).exists():
         console.print(f"[red]error:[/] {directory} has no {RECORDS_FILE}")
         raise typer.Exit(EXIT_INVALID)
-    csv_path, md_path, board = write_report(directory)
+    keys = None
+    if suite_path is not None:
+        registry = _registry()
+        suite = _load_and_validate(suite_path, registry)
+        keys = {spec.key for dev in ("cpu", "cuda") for spec in plan_runs(suite, registry, dev)}
+    csv_path, md_path, board = write_report(directory, keys=keys, out_dir=out_dir)
     _print_board(board)
     console.print(f"leaderboard: {csv_path}\nsummary: {md_path}")
 

@@ -18,6 +18,9 @@ from otbench.store import ResultStore
 LEADERBOARD_FILE = "leaderboard.csv"
 SUMMARY_FILE = "summary.md"
 RUNNER_FIELDS = ("seconds", "iterations", "peak_memory_mb")
+#: secondary metrics shown beside the primary one in summary.md, when a task's runs have them
+HEADLINE_METRICS = ("grad_cos", "w1_rel_error_pct", "grad_norm_max", "distance_rel_error", "lp_gap",
+                    "marginal_violation", "l2_uvp", "map_energy_ratio")
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -116,8 +119,9 @@ def _markdown(board: pd.DataFrame, frame: pd.DataFrame, title: str) -> str:
         lines += [f"## {task_label} {grp['task_config'].iloc[0]}", "", f"Parameters: `{task_params}`", "",
                   f"Ranked by `{metric}` ({grp['primary_direction'].iloc[0]}).", ""]
         cols = ["rank", "solver_label", "solver_config", "n_seeds", "n_failed"]
-        shown = [f"{metric}_mean", f"{metric}_std", "seconds_mean"]
-        cols += [c for c in shown if c in grp.columns]
+        shown = [f"{metric}_mean", f"{metric}_std"]
+        shown += [f"{m}_mean" for m in HEADLINE_METRICS if m != metric]
+        cols += [c for c in shown + ["seconds_mean"] if c in grp.columns and grp[c].notna().any()]
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for _, r in grp.iterrows():
@@ -136,15 +140,21 @@ def _markdown(board: pd.DataFrame, frame: pd.DataFrame, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(directory: str | Path) -> tuple[Path, Path, pd.DataFrame]:
-    """Rebuild ``leaderboard.csv`` and ``summary.md`` in ``directory`` from its records."""
+def write_report(directory: str | Path, keys: set[str] | None = None,
+                 out_dir: str | Path | None = None) -> tuple[Path, Path, pd.DataFrame]:
+    """Rebuild ``leaderboard.csv`` and ``summary.md`` from the records in ``directory``.
+
+    ``keys`` keeps only those runs (e.g. the runs a suite plans now, leaving out runs of parameters the suite
+    no longer has); ``out_dir`` writes the report elsewhere (default: ``directory``).
+    """
     directory = Path(directory)
     store = ResultStore(directory)
-    records = list(store.latest().values())
+    records = [r for k, r in store.latest().items() if keys is None or k in keys]
     board = leaderboard(records)
     frame = records_frame(records)
-    csv_path, md_path = directory / LEADERBOARD_FILE, directory / SUMMARY_FILE
-    directory.mkdir(parents=True, exist_ok=True)
+    target = Path(out_dir) if out_dir is not None else directory
+    csv_path, md_path = target / LEADERBOARD_FILE, target / SUMMARY_FILE
+    target.mkdir(parents=True, exist_ok=True)
     board.to_csv(csv_path, index=False)
     title = f"otbench results: {frame['suite'].iloc[0]}" if not frame.empty else "otbench results (no records)"
     md_path.write_text(_markdown(board, frame, title) if not board.empty else f"# {title}\n")

@@ -67,3 +67,10 @@ def test_report_rebuilds_from_records(tmp_path):
     assert (out / "leaderboard.csv").exists() and "exact_lp" in (out / "summary.md").read_text()
     missing = otbench_cli("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2
+    # after a parameter change, --suite keeps only the runs the suite plans now
+    changed = write_suite(tmp_path / "s2.yaml", suite.read_text().replace("n_samples: 64", "n_samples: 32"))
+    otbench_cli("run", str(changed), "--results-dir", str(out), check=True)
+    otbench_cli("report", str(out), "--suite", str(changed), "--out", str(tmp_path / "ref"), check=True)
+    board = pd.read_csv(tmp_path / "ref" / "leaderboard.csv")
+    assert list(board.solver_params) == ['{"max_iter": null, "n_samples": 32}']
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 2  # the full report still shows both
