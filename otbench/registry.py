@@ -3,8 +3,11 @@
 Built-in plugins are found exactly like third-party ones: through entry points. ``OTBENCH_LOAD_PLUGINS``
 limits loading to a comma-separated list of entry-point names (set it to an empty string to load none).
 ``OTBENCH_PLUGIN_MODULES`` names extra importable modules to register as plugins without packaging them
-(handy while developing a plugin; the CLI's ``--plugin-module`` sets it). A plugin that fails to import, or whose hooks raise, is recorded in ``Registry.failures`` and the others
-still load.
+(handy while developing a plugin; the CLI's ``--plugin-module`` sets it). A plugin that fails to import, or
+whose hooks raise, is recorded in ``Registry.failures`` and the others still load.
+
+Entry points are loaded one by one rather than with pluggy's ``load_setuptools_entrypoints``, which stops at
+the first plugin that fails to import; ``check_pending`` then rejects hooks with misspelled names.
 """
 
 from __future__ import annotations

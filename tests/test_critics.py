@@ -26,14 +26,6 @@ TINY = {"iterations": 15, "width": 16, "batch_size": 64, "eval_samples": 512, "t
 MC_TOL = 0.05
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def shift_task(shift: float, dim: int = 2, seed: int = 0):
     return GaussianShift(dim=dim, shift=shift).build(seed, torch.device("cpu"), torch.float32)
 
