@@ -14,8 +14,8 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: str) -> torch.Tensor:
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise InvalidInput(f"pairwise_cost needs [n, d] and [m, d] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
     if cost == "sqeuclidean":
-        # cdist's matmul path loses precision for close points; the difference form is exact enough and
-        # clamp keeps tiny negative rounding away.
+        # cdist's matmul path (|x|^2 + |y|^2 - 2<x, y>) loses precision for close points and can go negative;
+        # the direct difference form is non-negative and accurate.
         return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square()
     if cost == "euclidean":
         return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
