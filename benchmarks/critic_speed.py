@@ -16,9 +16,9 @@ import platform
 
 import torch
 
-from otbench_plugins.closed_form import GaussianShift
-from otbench_plugins.critics import CRITIC_SOLVERS
-from otbench_plugins._nets import critic_width
+from otbench_plugins.w1.closed_form import GaussianShift
+from otbench_plugins.w1.critics import CRITIC_SOLVERS
+from otbench_plugins.nets import critic_width
 
 
 def steps_per_second(cls: type, device: torch.device, dim: int, batch: int, width: int | None, warmup: int,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from otbench_plugins.entropic import ipot_solve, sinkhorn_solve
+from otbench_plugins.discrete.entropic import ipot_solve, sinkhorn_solve
 
 EPS = 0.05
 

@@ -11,11 +11,28 @@ Conventions (used by every built-in metric):
 - A *map* ``T`` pushes P onto Q: ``T([n, dim]) -> [n, dim]``.
 - A discrete *plan* is an ``[n, m]`` matrix whose row sums are ``a`` and column sums are ``b``.
 - *Plan samples* are paired ``(x, y)`` tensors from a coupling of P and Q.
+- Points are always passed *flat*, ``[n, dim]``; ``problem.shape`` (e.g. ``(1, 28, 28)``) says how to view one
+  point, so a vector solver runs unchanged on images and a convolutional one reshapes with
+  ``problem.as_images``. Image values lie in ``problem.value_range`` (``(0, 1)`` for the built-in image data).
+
+Problem kinds (a solver declares which it accepts; the runner skips the others with a reason):
+- ``continuous``: samplers of P and Q in R^dim (point clouds, or images when ``shape`` has three axes: unpaired
+  translation is a continuous problem on images whose solution is a ``map``).
+- ``discrete``: weights ``a``, ``b`` and points ``x``, ``y`` and/or a ``cost_matrix``.
+- ``generative``: ``sample_p`` draws the latent measure (``[n, latent_dim]``), ``sample_q`` the training data
+  (``[n, dim]``); the solution is a ``generator``: ``n -> [n, dim]`` (or ``[n, *shape]``), a seeded stream
+  (the same solver seed gives the same draws; successive calls give fresh samples).
+- ``adaptation``: labelled source ``x``/``x_labels`` and *unlabelled* target ``y`` (``y_labels`` is None);
+  the solution is a ``classifier`` scored on the target test split the truth keeps.
+- ``transfer``: labelled source ``x``/``x_labels`` and a (typically small) labelled target training set
+  ``y``/``y_labels``; the solution is a ``classifier`` scored on the target test split.
+A *classifier* maps ``[n, dim] -> [n, n_classes]`` scores (logits or probabilities; the arg-max is the class).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +42,7 @@ if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays fast
 
 __all__ = [
     "PROBLEM_KINDS",
+    "INPUT_FORMS",
     "SOLUTION_PARTS",
     "Problem",
     "Solution",
@@ -38,7 +56,9 @@ __all__ = [
     "SolverDidNotConverge",
 ]
 
-PROBLEM_KINDS = ("continuous", "discrete")
+PROBLEM_KINDS = ("continuous", "discrete", "generative", "adaptation", "transfer")
+#: what a solver takes as one point: ``vectors`` (``shape`` has one axis), ``images`` (``[C, H, W]``), or ``any``
+INPUT_FORMS = ("any", "vectors", "images")
 SOLUTION_PARTS = ("distance", "critic", "map", "plan", "plan_samples", "generator", "classifier")
 
 
@@ -81,6 +101,16 @@ class Problem:
     cost_matrix: "torch.Tensor | None" = None
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    #: shape of one point (``(dim,)`` when None); e.g. ``(1, 28, 28)`` for grey images. Points stay flat.
+    shape: tuple[int, ...] | None = None
+    #: ``(low, high)`` that every data value lies in (images), or None when unbounded
+    value_range: tuple[float, float] | None = None
+    #: generative problems: dimension of the latent measure drawn by ``sample_p``
+    latent_dim: int | None = None
+    #: adaptation / transfer problems: int64 class labels of ``x`` (source) and ``y`` (target, transfer only)
+    x_labels: "torch.Tensor | None" = None
+    y_labels: "torch.Tensor | None" = None
+    n_classes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PROBLEM_KINDS:
@@ -89,6 +119,34 @@ class Problem:
             raise InvalidInput("a continuous Problem needs sample_p and sample_q")
         if self.kind == "discrete" and self.cost_matrix is None and (self.x is None or self.y is None):
             raise InvalidInput("a discrete Problem needs a cost_matrix or points x and y")
+        if self.kind == "generative" and (self.sample_p is None or self.sample_q is None or not self.latent_dim):
+            raise InvalidInput("a generative Problem needs sample_p (latent), sample_q (data) and latent_dim > 0")
+        if self.kind in ("adaptation", "transfer"):
+            if self.x is None or self.x_labels is None or self.y is None or not self.n_classes:
+                raise InvalidInput(f"an {self.kind} Problem needs x, x_labels, y and n_classes")
+            if self.kind == "adaptation" and self.y_labels is not None:
+                raise InvalidInput("an adaptation Problem's target is unlabelled: y_labels must be None "
+                                   "(a labelled target makes it a 'transfer' problem)")
+            if self.kind == "transfer" and self.y_labels is None:
+                raise InvalidInput("a transfer Problem needs the target training labels y_labels")
+        if self.shape is not None:
+            self.shape = tuple(int(s) for s in self.shape)
+            if math.prod(self.shape) != self.dim:
+                raise InvalidInput(f"Problem.shape {self.shape} has {math.prod(self.shape)} values, but dim is {self.dim}")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one point: ``shape`` when given, else ``(dim,)``."""
+        return self.shape if self.shape is not None else (self.dim,)
+
+    @property
+    def is_image(self) -> bool:
+        """True when one point is an image ``[C, H, W]``."""
+        return len(self.sample_shape) == 3
+
+    def as_images(self, points: "torch.Tensor") -> "torch.Tensor":
+        """View flat points ``[n, dim]`` (or already-shaped ones) as ``[n, *shape]``."""
+        return points.reshape(points.shape[0], *self.sample_shape)
 
     def ground_cost(self, x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
         """Pairwise cost matrix ``[n, m]`` between point sets for this problem's named cost."""
@@ -128,7 +186,10 @@ class Truth:
     discrete problems), with its Monte Carlo standard error ``distance_se`` when it is estimated.
     ``critic_grad``: the gradient of an optimal critic at points of P.
     ``sample_p`` / ``sample_q`` / ``sample_plan``: evaluation samplers on streams independent of the
-    solver's. ``map``: the optimal map P -> Q. ``plan``: the exact discrete plan. ``extra``: anything else.
+    solver's (for generative problems ``sample_q`` draws the held-out data split). ``map``: the optimal map
+    P -> Q. ``plan``: the exact discrete plan. ``test_inputs`` / ``test_labels``: the labelled target test split
+    of adaptation and transfer problems. ``extra``: anything else, under keys documented by the metrics that
+    read them (``otbench list metrics`` shows each metric's needs).
     """
 
     distance: float | None = None
@@ -139,6 +200,9 @@ class Truth:
     sample_plan: Callable[[int], tuple["torch.Tensor", "torch.Tensor"]] | None = None
     map: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
     plan: "torch.Tensor | None" = None
+    #: classification problems: the held-out labelled target test split (flat inputs, int64 labels)
+    test_inputs: "torch.Tensor | None" = None
+    test_labels: "torch.Tensor | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def parts(self) -> frozenset[str]:
@@ -192,7 +256,7 @@ class Solver(_Component):
     """Turns a Problem into a Solution.
 
     Subclasses set ``name``, ``defaults``, the capabilities ``kinds`` (problem kinds accepted), ``costs``
-    (ground costs accepted, ``None`` = any), ``provides`` (solution parts returned; ``provides_by_kind``
+    (ground costs accepted, ``None`` = any), ``inputs`` (``"any"``, ``"vectors"`` or ``"images"``), ``provides`` (solution parts returned; ``provides_by_kind``
     refines it per problem kind) and optionally
     ``threads`` (the CPU thread count it runs best with: tiny MLPs want 1), and implement ``solve``.
     """
@@ -203,6 +267,8 @@ class Solver(_Component):
     #: optional per-kind refinement of ``provides`` when a solver returns different parts per problem kind
     provides_by_kind: ClassVar[Mapping[str, frozenset[str]]] = {}
     threads: ClassVar[int | None] = None
+    #: what one point may be: ``"any"`` (flat vectors of any shape), ``"vectors"`` or ``"images"`` (see INPUT_FORMS)
+    inputs: ClassVar[str] = "any"
 
     @classmethod
     def parts_for(cls, kind: str) -> frozenset[str]:
@@ -215,6 +281,10 @@ class Solver(_Component):
             return f"{self.name} solves {sorted(self.kinds)} problems, not {problem.kind!r}"
         if self.costs is not None and problem.cost not in self.costs:
             return f"{self.name} supports costs {sorted(self.costs)}, not {problem.cost!r}"
+        if self.inputs == "images" and not problem.is_image:
+            return f"{self.name} takes images [C, H, W], not points of shape {problem.sample_shape}"
+        if self.inputs == "vectors" and problem.is_image:
+            return f"{self.name} takes vectors, not images of shape {problem.sample_shape}"
         return None
 
     def check_supported(self, problem: Problem) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from otbench.api import PROBLEM_KINDS, SOLUTION_PARTS, Problem, Solution, Solver, Task, Truth, UnsupportedProblem
+from otbench.api import INPUT_FORMS, PROBLEM_KINDS, SOLUTION_PARTS, Problem, Solution, Solver, Task, Truth, UnsupportedProblem
 from otbench.costs import pairwise_cost
 from otbench.env import seed_everything
 from otbench.sampling import make_sampler_pair
@@ -28,11 +28,41 @@ from otbench.sampling import make_sampler_pair
 __all__ = ["check_solver", "check_task", "toy_problem"]
 
 
+def _blobs(n: int, gen: torch.Generator, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+           shift: float = 0.0) -> torch.Tensor:
+    """``n`` points of ``shape``: a two-mode mixture (vectors) or bright squares on a dark ground (images)."""
+    if len(shape) == 1:
+        modes = torch.tensor([-1.0, 1.0], dtype=dtype)[torch.randint(0, 2, (n,), generator=gen)]
+        pts = torch.randn(n, shape[0], generator=gen, dtype=dtype) * 0.3 + modes[:, None] + shift
+        return pts.to(device)
+    c, h, w = shape
+    img = torch.rand(n, c, h, w, generator=gen, dtype=dtype) * 0.1
+    rows = torch.randint(0, h // 2, (n,), generator=gen)
+    cols = torch.randint(0, w // 2, (n,), generator=gen)
+    for i in range(n):
+        r, q = int(rows[i]), int(cols[i]) + int(shift * (w // 4))
+        img[i, :, r:r + h // 2, max(q, 0):q + w // 2] = 0.9
+    return img.clamp(0, 1).reshape(n, -1).to(device)
+
+
 def toy_problem(kind: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                seed: int = 0, cost: str = "euclidean", dim: int = 2) -> Problem:
-    """A small problem of ``kind``: Gaussian to shifted Gaussian (continuous) or 24 x 32 random points."""
+                seed: int = 0, cost: str = "euclidean", dim: int = 2, image: bool = False) -> Problem:
+    """A small problem of ``kind`` (see ``otbench.api.PROBLEM_KINDS``).
+
+    continuous: Gaussian to shifted Gaussian; discrete: 24 x 32 random points; generative: a latent N(0, I_2)
+    to a two-mode mixture; adaptation / transfer: three labelled classes whose target is shifted. With
+    ``image=True`` points are 1 x 16 x 16 images in [0, 1] (bright squares), flat as always.
+    """
     device = torch.device(device)
+    shape = (1, 16, 16) if image else (dim,)
+    flat = math.prod(shape)
+    vrange = (0.0, 1.0) if image else None
     if kind == "continuous":
+        if image:
+            sp, sq, _, _ = make_sampler_pair(lambda n, g: _blobs(n, g, shape, device, dtype),
+                                             lambda n, g: _blobs(n, g, shape, device, dtype, shift=1.0), seed, device)
+            return Problem("continuous", flat, cost, device, dtype, sample_p=sp, sample_q=sq, seed=seed,
+                           shape=shape, value_range=vrange)
         shift = torch.full((dim,), 1.5, device=device, dtype=dtype)
 
         def draw_p(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -53,6 +83,34 @@ def toy_problem(kind: str, device: torch.device | str = "cpu", dtype: torch.dtyp
         b = torch.full((32,), 1 / 32, device=device, dtype=dtype)
         return Problem("discrete", dim, cost, device, dtype, a=a, b=b, x=x.to(device, dtype), y=y.to(device, dtype),
                        cost_matrix=c, seed=seed)
+    if kind == "generative":
+        latent = 2
+        sp, sq, _, _ = make_sampler_pair(
+            lambda n, g: torch.randn(n, latent, generator=g, dtype=dtype).to(device),
+            lambda n, g: _blobs(n, g, shape, device, dtype), seed, device)
+        return Problem("generative", flat, cost, device, dtype, sample_p=sp, sample_q=sq, seed=seed,
+                       latent_dim=latent, shape=shape if image else None, value_range=vrange)
+    if kind in ("adaptation", "transfer"):
+        gen = torch.Generator().manual_seed(seed)
+        n_classes, per_class = 3, 16
+
+        def labelled(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.arange(n_classes).repeat_interleave(per_class)
+            if image:
+                pts = _blobs(len(labels), gen, shape, torch.device("cpu"), dtype)
+                pts = (pts.reshape(-1, *shape) * 0.5 + labels.to(dtype)[:, None, None, None] * 0.25).clamp(0, 1)
+                pts = (pts + 0.05 * shift).clamp(0, 1).reshape(len(labels), -1)
+            else:
+                pts = torch.randn(len(labels), dim, generator=gen, dtype=dtype) * 0.3
+                pts[:, 0] += 2.0 * labels.to(dtype)
+                pts = pts + shift
+            return pts.to(device), labels.to(device)
+
+        x, x_labels = labelled(0.0)
+        y, y_labels = labelled(0.5)
+        return Problem(kind, flat, cost, device, dtype, x=x, y=y, x_labels=x_labels,
+                       y_labels=y_labels if kind == "transfer" else None, n_classes=n_classes, seed=seed,
+                       shape=shape if image else None, value_range=vrange)
     raise ValueError(f"unknown problem kind {kind!r}")
 
 
@@ -95,6 +153,33 @@ def _check_parts(name: str, sol: Solution, problem: Problem, declared: frozenset
         xs, ys = sol.plan_samples(n)
         if xs.shape != (n, problem.dim) or ys.shape != (n, problem.dim):
             errors.append(f"{where}: plan_samples(n) must return two [n, d] tensors, got {xs.shape}, {ys.shape}")
+        elif not (torch.isfinite(xs).all() and torch.isfinite(ys).all()):
+            errors.append(f"{where}: plan_samples(n) returned non-finite values")
+    if sol.generator is not None:
+        out = sol.generator(n)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != n or out[0].numel() != problem.dim:
+            errors.append(f"{where}: generator(n) must return [n, dim] or [n, *shape] with dim = {problem.dim}, "
+                          f"got {getattr(out, 'shape', type(out))}")
+        elif out.device.type != dev or not torch.isfinite(out).all():
+            errors.append(f"{where}: generator output must be finite and on {dev}")
+        else:
+            if problem.value_range is not None:
+                lo, hi = problem.value_range
+                slack = 1e-4 * (hi - lo)
+                if out.min() < lo - slack or out.max() > hi + slack:
+                    errors.append(f"{where}: generator output [{float(out.min()):.3g}, {float(out.max()):.3g}] "
+                                  f"leaves the problem's value_range {problem.value_range}")
+            if torch.equal(out, sol.generator(n)):
+                errors.append(f"{where}: two successive generator(n) calls gave identical samples (not a stream)")
+    if sol.classifier is not None and problem.n_classes:
+        inputs = problem.y if problem.y is not None else problem.x
+        out = sol.classifier(inputs[:n])
+        rows = min(n, inputs.shape[0])
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows, problem.n_classes):
+            errors.append(f"{where}: classifier must map [n, dim] -> [n, n_classes={problem.n_classes}], "
+                          f"got {getattr(out, 'shape', type(out))}")
+        elif out.device.type != dev or not torch.isfinite(out).all():
+            errors.append(f"{where}: classifier scores must be finite and on {dev}")
     if sol.iterations is not None and (not isinstance(sol.iterations, int) or sol.iterations < 0):
         errors.append(f"{where}: iterations must be a non-negative int, got {sol.iterations!r}")
 
@@ -102,10 +187,21 @@ def _check_parts(name: str, sol: Solution, problem: Problem, declared: frozenset
 def _same(a: Solution, b: Solution, problem: Problem) -> str | None:
     if a.distance is not None and b.distance is not None and not math.isclose(a.distance, b.distance, rel_tol=1e-6, abs_tol=1e-9):
         return f"distance {a.distance!r} vs {b.distance!r}"
+    probe = torch.linspace(-2, 2, 16 * problem.dim, device=problem.device, dtype=problem.dtype).reshape(16, problem.dim)
+    if problem.value_range is not None:
+        probe = probe.clamp(*problem.value_range)
     if a.critic is not None and b.critic is not None and problem.kind == "continuous":
-        probe = torch.linspace(-2, 2, 16 * problem.dim, device=problem.device, dtype=problem.dtype).reshape(16, problem.dim)
         if not torch.allclose(a.critic(probe), b.critic(probe), rtol=1e-5, atol=1e-6):
             return "critic values differ"
+    if a.map is not None and b.map is not None and problem.kind == "continuous":
+        if not torch.allclose(a.map(probe), b.map(probe), rtol=1e-5, atol=1e-6):
+            return "map values differ"
+    if a.generator is not None and b.generator is not None:
+        if not torch.allclose(a.generator(16), b.generator(16), rtol=1e-5, atol=1e-6):
+            return "generator draws differ (a generator must be seeded from the problem's seed)"
+    if a.classifier is not None and b.classifier is not None:
+        if not torch.allclose(a.classifier(probe), b.classifier(probe), rtol=1e-5, atol=1e-6):
+            return "classifier scores differ"
     return None
 
 
@@ -133,10 +229,13 @@ def check_solver(solver_cls: type[Solver], params: Mapping[str, Any] | None = No
     except Exception:
         pass
     checks.append("class attributes")
+    if solver_cls.inputs not in INPUT_FORMS:
+        errors.append(f"{name}: inputs {solver_cls.inputs!r} not within {INPUT_FORMS}")
     device = torch.device(device)
+    images = solver_cls.inputs == "images"
     for kind in PROBLEM_KINDS:
         cost = "euclidean" if solver_cls.costs is None or "euclidean" in solver_cls.costs else sorted(solver_cls.costs)[0]
-        problem = toy_problem(kind, device=device, dtype=dtype, cost=cost)
+        problem = toy_problem(kind, device=device, dtype=dtype, cost=cost, image=images and kind != "discrete")
         if kind not in solver_cls.kinds:
             try:
                 _solve(solver_cls, params, problem)
@@ -148,13 +247,24 @@ def check_solver(solver_cls: type[Solver], params: Mapping[str, Any] | None = No
             checks.append(f"rejects {kind}")
             continue
         first = _solve(solver_cls, params, problem)
-        _check_parts(name, first, problem, solver_cls.parts_for(kind), errors)
-        checks.append(f"{kind}: declared parts, shapes, device")
-        second = _solve(solver_cls, params, toy_problem(kind, device=device, dtype=dtype, cost=cost))
-        diff = _same(first, second, problem)
+        second = _solve(solver_cls, params, toy_problem(kind, device=device, dtype=dtype, cost=cost,
+                                                        image=images and kind != "discrete"))
+        diff = _same(first, second, problem)  # before anything else draws from the solutions' streams
         if diff:
             errors.append(f"{name}: not deterministic for a fixed seed on a {kind} problem ({diff})")
         checks.append(f"{kind}: deterministic for a seed")
+        _check_parts(name, first, problem, solver_cls.parts_for(kind), errors)
+        checks.append(f"{kind}: declared parts, shapes, device")
+        if images and kind != "discrete":
+            try:
+                _solve(solver_cls, params, toy_problem(kind, device=device, dtype=dtype, cost=cost))
+                errors.append(f"{name}: declares inputs='images' but accepted a {kind} problem of plain vectors")
+            except UnsupportedProblem:
+                pass
+            except Exception as exc:
+                errors.append(f"{name}: vectors given to an images-only solver must raise UnsupportedProblem, "
+                              f"got {type(exc).__name__}: {exc}")
+            checks.append(f"{kind}: rejects vectors")
     if solver_cls.costs is not None and "nonexistent_cost" not in solver_cls.costs:
         kind = sorted(solver_cls.kinds)[0]
         bad = toy_problem(kind, device=device, dtype=dtype)
@@ -186,16 +296,39 @@ def check_task(task_cls: type[Task], params: Mapping[str, Any] | None = None,
         raise AssertionError(f"{name}.build must return (Problem, Truth), got ({type(p1)}, {type(t1)})")
     if p1.kind != task_cls.kind:
         errors.append(f"{name}: problem kind {p1.kind!r} != Task.kind {task_cls.kind!r}")
-    if p1.kind == "continuous":
-        a, b, c = p1.sample_p(32), p2.sample_p(32), p3.sample_p(32)
+    if p1.kind in ("continuous", "generative"):
+        side = "sample_q" if p1.kind == "generative" else "sample_p"  # generative: sample_p is the latent
+        a, b, c = getattr(p1, side)(32), getattr(p2, side)(32), getattr(p3, side)(32)
         if a.shape != (32, p1.dim) or a.device.type != device.type or a.dtype != dtype:
-            errors.append(f"{name}: sample_p(32) gave {tuple(a.shape)} {a.dtype} on {a.device}")
+            errors.append(f"{name}: {side}(32) gave {tuple(a.shape)} {a.dtype} on {a.device}, "
+                          f"expected ({32}, {p1.dim}) {dtype} on {device.type}")
         if not torch.equal(a, b):
             errors.append(f"{name}: the same seed gave different samples")
         if torch.equal(a, c):
             errors.append(f"{name}: different seeds gave identical samples")
-        if t1.sample_p is not None and torch.equal(t1.sample_p(32), p1.sample_p(32)):
-            errors.append(f"{name}: evaluation samples repeat the solver's stream")
+        if p1.value_range is not None and (a.min() < p1.value_range[0] or a.max() > p1.value_range[1]):
+            errors.append(f"{name}: samples leave the declared value_range {p1.value_range}")
+        fresh, _ = task_cls(**params).build(0, device, dtype)  # the solver's first draws, before any other draw
+        for ev in ("sample_p", "sample_q"):
+            if p1.kind == "generative" and ev == "sample_p":
+                continue
+            ev_sampler = getattr(t1, ev)
+            if ev_sampler is not None and torch.equal(ev_sampler(32), getattr(fresh, ev)(32)):
+                errors.append(f"{name}: evaluation samples Truth.{ev} repeat the solver's stream Problem.{ev}")
+        if p1.kind == "generative" and t1.sample_q is None:
+            errors.append(f"{name}: a generative task must keep held-out data in Truth.sample_q")
+    elif p1.kind in ("adaptation", "transfer"):
+        if not torch.equal(p1.x, p2.x) or not torch.equal(p1.y, p2.y):
+            errors.append(f"{name}: the same seed gave different training data")
+        for label, pts, labels in (("source", p1.x, p1.x_labels), ("target test", t1.test_inputs, t1.test_labels)):
+            if pts is None or labels is None:
+                errors.append(f"{name}: {label} inputs or labels are missing")
+                continue
+            if pts.ndim != 2 or pts.shape[1] != p1.dim or labels.shape != (pts.shape[0],):
+                errors.append(f"{name}: {label} inputs {tuple(pts.shape)} / labels {tuple(labels.shape)} are not "
+                              f"[n, {p1.dim}] / [n]")
+            elif labels.dtype != torch.int64 or labels.min() < 0 or labels.max() >= p1.n_classes:
+                errors.append(f"{name}: {label} labels must be int64 in [0, {p1.n_classes})")
     elif p1.cost_matrix is not None and p2.cost_matrix is not None and not torch.equal(p1.cost_matrix, p2.cost_matrix):
         errors.append(f"{name}: the same seed gave different cost matrices")
     if t1.distance is not None and not math.isfinite(t1.distance):

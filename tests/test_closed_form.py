@@ -9,8 +9,8 @@ import torch
 
 from otbench.api import InvalidInput
 from otbench.testing import check_task
-from otbench_plugins.closed_form import GaussianShift, RadialScaling, gaussian_norm_mean
-from otbench_plugins.exact_lp import ExactLP
+from otbench_plugins.w1.closed_form import GaussianShift, RadialScaling, gaussian_norm_mean
+from otbench_plugins.discrete.exact_lp import ExactLP
 
 CPU = torch.device("cpu")
 

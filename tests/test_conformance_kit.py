@@ -7,8 +7,8 @@ import torch
 
 from otbench import Solution, Solver
 from otbench.testing import check_solver, check_task
-from otbench_plugins.closed_form import GaussianShift
-from otbench_plugins.exact_lp import ExactLP
+from otbench_plugins.w1.closed_form import GaussianShift
+from otbench_plugins.discrete.exact_lp import ExactLP
 
 
 def test_exact_lp_passes():

@@ -16,9 +16,9 @@ from torch import nn
 
 from otbench import Problem
 from otbench.api import InvalidInput
-from otbench_plugins import critics as C
-from otbench_plugins._nets import mlp
-from otbench_plugins.closed_form import GaussianShift
+from otbench_plugins.w1 import critics as C
+from otbench_plugins.nets import mlp
+from otbench_plugins.w1.closed_form import GaussianShift
 
 SMALL = {"width": 64, "batch_size": 256, "eval_samples": 16384, "trace_every": 100}
 TINY = {"iterations": 15, "width": 16, "batch_size": 64, "eval_samples": 512, "trace_every": 5}

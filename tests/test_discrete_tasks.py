@@ -7,8 +7,8 @@ import torch
 
 from otbench.api import InvalidInput
 from otbench.metrics.lp import marginal_errors, plan_cost
-from otbench_plugins import discrete_tasks as dt
-from otbench_plugins.exact_lp import ExactLP
+from otbench_plugins.discrete import tasks as dt
+from otbench_plugins.discrete.exact_lp import ExactLP
 
 CPU = torch.device("cpu")
 

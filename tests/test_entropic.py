@@ -10,8 +10,8 @@ import torch
 from otbench import Problem
 from otbench.api import InvalidInput, SolverDidNotConverge, UnsupportedProblem
 from otbench.metrics.lp import effective_support
-from otbench_plugins.entropic import IPOT, Sinkhorn, ipot_solve, sinkhorn_solve
-from otbench_plugins.exact_lp import exact_emd
+from otbench_plugins.discrete.entropic import IPOT, Sinkhorn, ipot_solve, sinkhorn_solve
+from otbench_plugins.discrete.exact_lp import exact_emd
 
 CPU = torch.device("cpu")
 

@@ -70,7 +70,7 @@ def test_scaffold_solver_is_exact_on_a_translation():
     import torch
 
     from otbench.scaffold import new_plugin
-    from otbench_plugins.closed_form import GaussianShift
+    from otbench_plugins.w1.closed_form import GaussianShift
 
     with tempfile.TemporaryDirectory() as tmp:
         root = new_plugin("otbench-shift-check", Path(tmp))

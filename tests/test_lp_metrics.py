@@ -11,7 +11,7 @@ from otbench import Problem, Solution, Truth
 from otbench.metrics import core_metrics
 from otbench.metrics.lp import (LPGap, MarginalViolation, PlanSparsity, TimeToAccuracy, c_transform_dual,
                                 effective_support, first_time_below, round_to_polytope, time_to_accuracy_curve)
-from otbench_plugins.exact_lp import exact_emd
+from otbench_plugins.discrete.exact_lp import exact_emd
 
 CPU = torch.device("cpu")
 
@@ -116,8 +116,8 @@ def test_time_to_accuracy_from_trace():
 
 
 def test_metrics_on_a_real_solver_run():
-    from otbench_plugins.discrete_tasks import PointClouds
-    from otbench_plugins.entropic import Sinkhorn
+    from otbench_plugins.discrete.tasks import PointClouds
+    from otbench_plugins.discrete.entropic import Sinkhorn
 
     prob, truth = PointClouds(n=60, dim=4).build(0, CPU, torch.float32)
     sol = Sinkhorn(epsilon=0.05).solve(prob)

@@ -19,7 +19,7 @@ from otbench.metrics.maps import (
     PlanMarginalFit,
     energy_distance,
 )
-from otbench_plugins.map_tasks import ConvexMap, GaussianW2
+from otbench_plugins.maps.tasks import ConvexMap, GaussianW2
 
 CPU = torch.device("cpu")
 F64 = torch.float64

@@ -10,7 +10,7 @@ import torch
 from otbench.api import InvalidInput
 from otbench.registry import get_registry
 from otbench.testing import check_task
-from otbench_plugins.map_tasks import ConvexMap, GaussianW2, SpotCurved, SpotGaussians, gaussian_w2_squared
+from otbench_plugins.maps.tasks import ConvexMap, GaussianW2, SpotCurved, SpotGaussians, gaussian_w2_squared
 
 CPU = torch.device("cpu")
 F64 = torch.float64

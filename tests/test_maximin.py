@@ -17,8 +17,8 @@ import torch
 
 from otbench import Solution
 from otbench.api import InvalidInput, UnsupportedProblem
-from otbench_plugins.closed_form import GaussianShift
-from otbench_plugins.maximin import MM, MMB, MMR, RegLS
+from otbench_plugins.w1.closed_form import GaussianShift
+from otbench_plugins.w1.maximin import MM, MMB, MMR, RegLS
 
 W1 = 2.0
 CPU = {"batch_size": 256, "eval_samples": 8192, "trace_every": 100}

@@ -9,8 +9,8 @@ from otbench.api import InvalidInput, Solution, UnsupportedProblem
 from otbench.metrics.maps import MapL2UVP, MapMarginalFit
 from otbench.registry import get_registry
 from otbench.testing import check_solver, toy_problem
-from otbench_plugins.map_tasks import GaussianW2
-from otbench_plugins.neural_ot import NOTStrong, NOTWeak
+from otbench_plugins.maps.tasks import GaussianW2
+from otbench_plugins.maps.neural_ot import NOTStrong, NOTWeak
 
 CPU = torch.device("cpu")
 TINY = {"iterations": 3, "k_T": 2, "batch_size": 16, "hidden": 16, "layers": 2, "n_eval": 64}

@@ -9,8 +9,8 @@ from otbench.api import InvalidInput, UnsupportedProblem
 from otbench.metrics.maps import PlanCostError, PlanMarginalFit
 from otbench.registry import get_registry
 from otbench.testing import check_solver, toy_problem
-from otbench_plugins.map_tasks import SpotGaussians
-from otbench_plugins.spot import SPOT
+from otbench_plugins.maps.tasks import SpotGaussians
+from otbench_plugins.maps.spot import SPOT
 
 CPU = torch.device("cpu")
 TINY = {"iterations": 3, "n_critic": 2, "batch_size": 16, "gen_hidden": 8, "critic_hidden": 8, "n_eval": 256}

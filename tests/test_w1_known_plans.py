@@ -10,8 +10,8 @@ import torch
 
 from otbench.api import InvalidInput
 from otbench.testing import check_task
-from otbench_plugins import w1_known_plans as w1k
-from otbench_plugins.w1_known_plans import (CertificateError, MaxMinNet, MaxMinNetPair, MinFunnel, MinFunnelPair,
+from otbench_plugins.w1 import known_plans as w1k
+from otbench_plugins.w1.known_plans import (CertificateError, MaxMinNet, MaxMinNetPair, MinFunnel, MinFunnelPair,
                                            truth_stats)
 
 ROOT = Path(__file__).resolve().parent.parent

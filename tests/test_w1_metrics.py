@@ -7,9 +7,9 @@ import torch
 
 from otbench.api import Solution
 from otbench.metrics.w1 import METRICS, W1Bounds, W1CriticHonesty, W1Gradient, W1TransportGradient
-from otbench_plugins.closed_form import RadialScaling
-from otbench_plugins.exact_lp import ExactLP
-from otbench_plugins.w1_known_plans import MinFunnelPair
+from otbench_plugins.w1.closed_form import RadialScaling
+from otbench_plugins.discrete.exact_lp import ExactLP
+from otbench_plugins.w1.known_plans import MinFunnelPair
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 from otbench.hookspecs import hookimpl
 
-_MODULES = ("otbench.metrics.distance", "otbench.metrics.maps", "otbench.metrics.lp", "otbench.metrics.w1")
+_MODULES = (
+    "otbench.metrics.distance",
+    "otbench.metrics.maps",
+    "otbench.metrics.lp",
+    "otbench.metrics.w1",
+    "otbench.metrics.generative",
+    "otbench.metrics.classification",
+)
 
 
 def core_metrics() -> list[type]:

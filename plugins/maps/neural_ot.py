@@ -32,7 +32,7 @@ from torch import nn
 from otbench import Problem, Solution, Solver, hookimpl
 from otbench.api import InvalidInput
 from otbench.sampling import derive_seed, make_generator
-from otbench_plugins._nets import frozen_callable, mlp, seeded
+from otbench_plugins.nets import frozen_callable, mlp, seeded
 
 Transport = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from otbench import Problem, Solution, Solver, hookimpl
 from otbench.api import InvalidInput, SolverDidNotConverge
 from otbench.sampling import derive_seed, make_generator
-from otbench_plugins._nets import critic_width, frozen_callable, mlp, seeded
+from otbench_plugins.nets import critic_width, frozen_callable, mlp, seeded
 
 __all__ = [
     "safe_norm",

@@ -51,7 +51,7 @@ from otbench import Problem, Solution, Solver, hookimpl
 from otbench.api import InvalidInput, SolverDidNotConverge
 from otbench.env import synchronize
 
-from otbench_plugins._nets import critic_width, frozen_callable, mlp, seeded
+from otbench_plugins.nets import critic_width, frozen_callable, mlp, seeded
 
 Tensor = torch.Tensor
 Step = Callable[[Tensor, Tensor], dict[str, Tensor]]

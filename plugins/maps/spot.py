@@ -33,7 +33,7 @@ from otbench import Problem, Solution, Solver, hookimpl
 from otbench.api import InvalidInput
 from otbench.costs import paired_cost
 from otbench.sampling import derive_seed, make_generator
-from otbench_plugins._nets import frozen_callable, mlp, seeded
+from otbench_plugins.nets import frozen_callable, mlp, seeded
 
 
 def _spectral_linear(fan_in: int, fan_out: int) -> nn.Module:

@@ -60,7 +60,7 @@ def exact_truth(key: str, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tup
         _TRUTH_CACHE.move_to_end(key)
         _cache_stats["hits"] += 1
         return hit
-    from otbench_plugins.exact_lp import exact_emd
+    from otbench_plugins.discrete.exact_lp import exact_emd
 
     _cache_stats["misses"] += 1
     plan, opt = exact_emd(a, b, cost)

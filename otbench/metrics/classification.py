@@ -1,0 +1,5 @@
+"""(being written) Core classification metrics."""
+
+from __future__ import annotations
+
+METRICS: list[type] = []

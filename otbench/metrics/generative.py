@@ -1,0 +1,5 @@
+"""(being written) Core generative metrics."""
+
+from __future__ import annotations
+
+METRICS: list[type] = []
