@@ -1,0 +1,1 @@
+"""(being written) applied adaptation plugin module."""

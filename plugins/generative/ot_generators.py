@@ -1,0 +1,1 @@
+"""(being written) generative ot_generators plugin module."""
