@@ -26,6 +26,10 @@ Problem kinds (a solver declares which it accepts; the runner skips the others w
   the solution is a ``classifier`` scored on the target test split the truth keeps.
 - ``transfer``: labelled source ``x``/``x_labels`` and a (typically small) labelled target training set
   ``y``/``y_labels``; the solution is a ``classifier`` scored on the target test split.
+- ``barycenter``: ``measures`` (``[K, n]`` histograms on the common support ``x``, ``[n, dim]``, e.g. the pixels
+  of a grid whose layout ``grid_shape`` gives) with ``measure_weights`` (``[K]``, summing to 1) and the ground
+  ``cost`` between support points (``cost_matrix`` when given); the solution is a ``barycenter``: a histogram
+  ``[n]`` on the same support minimising ``sum_k w_k OT(q, p_k)``.
 A *classifier* maps ``[n, dim] -> [n, n_classes]`` scores (logits or probabilities; the arg-max is the class).
 """
 
@@ -56,10 +60,10 @@ __all__ = [
     "SolverDidNotConverge",
 ]
 
-PROBLEM_KINDS = ("continuous", "discrete", "generative", "adaptation", "transfer")
+PROBLEM_KINDS = ("continuous", "discrete", "generative", "adaptation", "transfer", "barycenter")
 #: what a solver takes as one point: ``vectors`` (``shape`` has one axis), ``images`` (``[C, H, W]``), or ``any``
 INPUT_FORMS = ("any", "vectors", "images")
-SOLUTION_PARTS = ("distance", "critic", "map", "plan", "plan_samples", "generator", "classifier")
+SOLUTION_PARTS = ("distance", "critic", "map", "plan", "plan_samples", "generator", "classifier", "barycenter")
 
 
 class OTBenchError(Exception):
@@ -111,6 +115,10 @@ class Problem:
     x_labels: "torch.Tensor | None" = None
     y_labels: "torch.Tensor | None" = None
     n_classes: int | None = None
+    #: barycenter problems: ``[K, n]`` histograms on the support ``x``, their weights ``[K]``, the grid layout
+    measures: "torch.Tensor | None" = None
+    measure_weights: "torch.Tensor | None" = None
+    grid_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PROBLEM_KINDS:
@@ -129,6 +137,15 @@ class Problem:
                                    "(a labelled target makes it a 'transfer' problem)")
             if self.kind == "transfer" and self.y_labels is None:
                 raise InvalidInput("a transfer Problem needs the target training labels y_labels")
+        if self.kind == "barycenter":
+            if self.measures is None or self.measure_weights is None or (self.x is None and self.cost_matrix is None):
+                raise InvalidInput("a barycenter Problem needs measures [K, n], measure_weights [K] and a support x "
+                                   "or a cost_matrix")
+            if self.measures.ndim != 2 or self.measure_weights.shape != (self.measures.shape[0],):
+                raise InvalidInput(f"measures must be [K, n] and measure_weights [K], got "
+                                   f"{tuple(self.measures.shape)} and {tuple(self.measure_weights.shape)}")
+            if self.grid_shape is not None and math.prod(self.grid_shape) != self.measures.shape[1]:
+                raise InvalidInput(f"grid_shape {self.grid_shape} does not hold the {self.measures.shape[1]} support points")
         if self.shape is not None:
             self.shape = tuple(int(s) for s in self.shape)
             if math.prod(self.shape) != self.dim:
@@ -170,6 +187,7 @@ class Solution:
     plan_samples: Callable[[int], tuple["torch.Tensor", "torch.Tensor"]] | None = None
     generator: Callable[[int], "torch.Tensor"] | None = None
     classifier: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+    barycenter: "torch.Tensor | None" = None
     iterations: int | None = None
     trace: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, float] = field(default_factory=dict)
@@ -203,6 +221,8 @@ class Truth:
     #: classification problems: the held-out labelled target test split (flat inputs, int64 labels)
     test_inputs: "torch.Tensor | None" = None
     test_labels: "torch.Tensor | None" = None
+    #: barycenter problems: the exact barycenter histogram ``[n]`` on the problem's support
+    barycenter: "torch.Tensor | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def parts(self) -> frozenset[str]:

@@ -5,16 +5,27 @@
   its timeout, or whose worker dies (segfault, OOM killer, SIGKILL), is recorded as failed and its worker
   replaced; the other runs go on.
 
-An executor is anything with ``run(specs, on_record)``; a distributed one plugs in the same way.
+An executor is anything with ``run(specs, on_record)``; a distributed one plugs in the same way. The in-process
+executor also calls ``on_start(spec, attempt)`` before each run, so that the caller can mark the run as started
+(a run during which the process is killed is then recognised on resume).
+
+Workers exit when their parent dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread everywhere), and
+they never put the working directory on ``sys.path`` (a ``socket.py`` lying in it must not run).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from otbench.registry import get_registry
@@ -22,6 +33,7 @@ from otbench.runner import execute_run, failed_record
 from otbench.suite import RunSpec
 
 OnRecord = Callable[[dict[str, Any]], None]
+OnStart = Callable[[RunSpec, str], None]
 
 
 class Executor(Protocol):
@@ -32,18 +44,53 @@ class InProcessExecutor:
     def __init__(self, registry: Any = None) -> None:
         self.registry = registry
 
-    def run(self, specs: list[RunSpec], on_record: OnRecord) -> None:
+    def run(self, specs: list[RunSpec], on_record: OnRecord, on_start: OnStart | None = None) -> None:
         registry = self.registry or get_registry()
         for spec in specs:
-            on_record(execute_run(spec, registry, jobs=1))
+            attempt = uuid.uuid4().hex
+            if on_start is not None:
+                on_start(spec, attempt)
+            on_record(execute_run(spec, registry, jobs=1, attempt=attempt))
 
 
-def _worker(inbox: Any, outbox: Any, jobs: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make this worker exit when the process that started it dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="otbench-parent-watch", daemon=True).start()
+
+
+def _worker(inbox: Any, outbox: Any, jobs: int, parent: int | None = None) -> None:
     """Worker loop: take a RunSpec, put back (pid, record). ``None`` stops it.
 
     The worker loads plugins itself (the environment, OTBENCH_PLUGIN_MODULES included, is inherited).
     """
+    if parent is not None:
+        _die_with_parent(parent)
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]  # never import from the working directory
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means (and stops us)
     registry = get_registry()
+    # the environment fingerprint runs `git status` once per process (seconds in a large checkout): do it before
+    # the first run's clock starts, so that the parent's timeout backstop does not count it against the run
+    import torch
+
+    from otbench.env import environment
+
+    environment(torch.device("cpu"), 1)
     outbox.put((os.getpid(), "ready"))
     while True:
         spec = inbox.get()
@@ -51,14 +98,33 @@ def _worker(inbox: Any, outbox: Any, jobs: int) -> None:
             return
         # The in-worker alarm stops Python-level overruns with an exact record; the parent kills the worker
         # as a backstop when native code ignores the alarm.
-        outbox.put((os.getpid(), execute_run(spec, registry, jobs=jobs)))
+        pid = os.getpid()
+        outbox.put((pid, execute_run(spec, registry, jobs=jobs,
+                                     on_timed_start=lambda: outbox.put((pid, "solving")))))
+
+
+@contextlib.contextmanager
+def _safe_path() -> Iterator[None]:
+    """Start interpreters with PYTHONSAFEPATH=1: a spawned worker (and multiprocessing's resource tracker)
+    starts with ``python -c``, which would otherwise put the working directory first on ``sys.path`` before
+    any of our code runs, so that a ``socket.py`` lying there would be imported."""
+    previous = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = previous
 
 
 class _Worker:
     def __init__(self, ctx: Any, outbox: Any, jobs: int) -> None:
         self.inbox = ctx.Queue()
-        self.process = ctx.Process(target=_worker, args=(self.inbox, outbox, jobs), daemon=True)
-        self.process.start()
+        self.process = ctx.Process(target=_worker, args=(self.inbox, outbox, jobs, os.getpid()), daemon=True)
+        with _safe_path():
+            self.process.start()
         self.spec: RunSpec | None = None
         self.started = 0.0
 
@@ -73,8 +139,9 @@ class _Worker:
 
 
 class ProcessPoolExecutor:
-    """Local process pool. A worker is killed ``grace`` seconds after its run's timeout (the run's task build
-    and set-up count here, so the default is generous; the worker's own alarm normally fires first)."""
+    """Local process pool. A worker is killed ``grace`` seconds after its run's timeout, counted from the start
+    of ``solve`` (or from the assignment, while the untimed task build and ``prepare`` run); the worker's own
+    alarm normally fires first."""
 
     def __init__(self, jobs: int, grace: float = 30.0, max_idle_deaths: int = 3) -> None:
         self.jobs, self.grace, self.max_idle_deaths = max(1, jobs), grace, max_idle_deaths
@@ -82,7 +149,8 @@ class ProcessPoolExecutor:
 
     def run(self, specs: list[RunSpec], on_record: OnRecord) -> None:
         ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-        outbox = ctx.Queue()
+        with _safe_path():  # creating the queue may start the resource tracker
+            outbox = ctx.Queue()
         pending = list(reversed(specs))
         workers: dict[int, _Worker] = {}
 
@@ -100,12 +168,21 @@ class ProcessPoolExecutor:
                     pid, payload = None, None
                 if pid in workers:
                     w = workers[pid]
+                    if payload == "solving" and w.spec is not None:
+                        # the timeout covers solve; the untimed build and prepare (imports, warm-up) that came
+                        # before it must not use up the backstop's budget
+                        w.started = time.monotonic()
+                        continue
                     if isinstance(payload, dict):
                         w.spec = None
                         on_record(payload)
                     if w.spec is None and pending:
                         w.assign(pending.pop())
                 self._reap(workers, on_record, spawn, pending)
+        except BaseException:  # Ctrl-C, SIGTERM or an error: stop the workers now, mid-run or not
+            for w in workers.values():
+                w.kill()
+            raise
         finally:
             for w in workers.values():
                 if w.process.is_alive():

@@ -2,8 +2,9 @@
 
 Built-in plugins are found exactly like third-party ones: through entry points. ``OTBENCH_LOAD_PLUGINS``
 limits loading to a comma-separated list of entry-point names (set it to an empty string to load none).
-``OTBENCH_PLUGIN_MODULES`` names extra importable modules to register as plugins without packaging them
-(handy while developing a plugin; the CLI's ``--plugin-module`` sets it). A plugin that fails to import, or
+``OTBENCH_PLUGIN_MODULES`` names extra modules to register as plugins without packaging them (handy while
+developing a plugin; the CLI's ``--plugin-module`` sets it): each entry is an importable module name or the
+path of a ``.py`` file or package folder, so a module in the current folder loads without ``PYTHONPATH``. A plugin that fails to import, or
 whose hooks raise, is recorded in ``Registry.failures`` and the others still load.
 
 Entry points are loaded one by one rather than with pluggy's ``load_setuptools_entrypoints``, which stops at
@@ -13,10 +14,15 @@ the first plugin that fails to import; ``check_pending`` then rejects hooks with
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
+import inspect
 import os
+import sys
 import traceback
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -117,10 +123,13 @@ def load_registry(extra_plugins: list[ModuleType | object] | None = None) -> Reg
             registry.failures.append(PluginFailure(ep.name, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             continue
         registry.plugins[ep.name] = (dist, version)
-    for module_name in [m.strip() for m in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if m.strip()]:
+    for module_name in dict.fromkeys(m.strip() for m in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if m.strip()):
         try:
-            pm.register(importlib.import_module(module_name), name=module_name)
-            registry.plugins[module_name] = (None, None)
+            module = import_plugin_module(module_name)
+            if pm.has_plugin(module.__name__):
+                continue
+            pm.register(module, name=module.__name__)
+            registry.plugins[module.__name__] = (None, None)
         except Exception as exc:
             registry.failures.append(PluginFailure(module_name, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     for i, plugin in enumerate(extra_plugins or []):
@@ -154,6 +163,82 @@ def load_registry(extra_plugins: list[ModuleType | object] | None = None) -> Reg
                     PluginFailure(plugin_name, f"{hook_name}: {type(exc).__name__}: {exc}", traceback.format_exc())
                 )
     return registry
+
+
+def resolve_plugin_module(name: str, cwd: str | Path | None = None) -> str:
+    """What to put in ``OTBENCH_PLUGIN_MODULES`` for ``--plugin-module NAME``.
+
+    An importable module name stays as it is; a name that only exists in ``cwd`` (``NAME.py`` or a package
+    folder ``NAME/``) and a path to such a file or folder become an absolute path, so that worker processes
+    (which never put the working directory on ``sys.path``) load the same file.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    candidate = Path(name)
+    if name.endswith(".py") or os.sep in name or candidate.is_absolute():
+        path = candidate if candidate.is_absolute() else base / candidate
+        if not path.exists():
+            raise FileNotFoundError(f"plugin module file {path} does not exist")
+        return str(path.resolve())
+    if "." not in name:  # the file the author sees in the current folder wins over an installed namesake
+        for path in (base / f"{name}.py", base / name / "__init__.py"):
+            if path.is_file():
+                return str(path.parent.resolve() if path.name == "__init__.py" else path.resolve())
+    return name  # an importable name; if it is not, loading it reports the ImportError as a plugin failure
+
+
+def import_plugin_module(entry: str) -> ModuleType:
+    """Import a plugin module by name, or from the path of a ``.py`` file or package folder."""
+    path = Path(entry)
+    if not path.is_absolute():
+        return importlib.import_module(entry)
+    init = path / "__init__.py" if path.is_dir() else path
+    name = path.stem if path.is_file() else path.name
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(init):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load a plugin module from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that pickling its classes and relative imports work
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+_HASHES: dict[tuple[str, float, int], str] = {}
+
+
+def _file_hash(path: str) -> str:
+    st = os.stat(path)
+    key = (path, st.st_mtime, st.st_size)
+    if key not in _HASHES:
+        with open(path, "rb") as fh:
+            _HASHES[key] = hashlib.sha256(fh.read()).hexdigest()
+    return _HASHES[key]
+
+
+def source_hash(cls: type) -> str:
+    """A short hash of the source files that define ``cls``: its module's file and those of its base classes
+    outside otbench's core. Edits to other helper modules it imports are not seen (bump ``version``)."""
+    files = []
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        if module is None or klass.__module__ == "builtins" or klass.__module__.split(".")[0] == "otbench":
+            continue
+        try:
+            path = inspect.getsourcefile(module)
+        except TypeError:  # built-in or defined interactively
+            path = None
+        if path and os.path.isfile(path) and path not in files:
+            files.append(path)
+    if not files:
+        return ""
+    digest = hashlib.sha256("".join(_file_hash(f) for f in files).encode()).hexdigest()
+    return digest[:12]
 
 
 def _dist_version(name: str) -> str | None:

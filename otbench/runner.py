@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -54,16 +55,32 @@ def alarm(seconds: float) -> Iterator[None]:
 
 
 def _spec_fields(spec: RunSpec) -> dict[str, Any]:
-    return dataclasses.asdict(spec)
+    fields = dataclasses.asdict(spec)
+    # ``metrics`` in a record is always the mapping of measured values; the names the suite asked for are
+    # kept apart, so that a failed or skipped run never carries a list where readers expect a mapping
+    fields["requested_metrics"] = list(fields.pop("metrics")) if spec.metrics is not None else None
+    return fields
 
 
-def base_record(spec: RunSpec) -> dict[str, Any]:
-    return {**_spec_fields(spec), "status": "pending", "started": datetime.now(timezone.utc).isoformat()}
+def base_record(spec: RunSpec, attempt: str | None = None) -> dict[str, Any]:
+    """The spec fields of a run, an empty ``metrics`` mapping, its attempt id and start time."""
+    return {**_spec_fields(spec), "metrics": {}, "status": "pending", "attempt": attempt or uuid.uuid4().hex,
+            "started": datetime.now(timezone.utc).isoformat()}
 
 
-def failed_record(spec: RunSpec, error: str, tb: str = "", **extra: Any) -> dict[str, Any]:
+def failed_record(spec: RunSpec, error: str, tb: str = "", attempt: str | None = None, **extra: Any) -> dict[str, Any]:
     """A failure record made outside the run (e.g. by an executor whose worker died or timed out)."""
-    return {**base_record(spec), "status": "failed", "error": error, "traceback": tb, **extra}
+    return {**base_record(spec, attempt), "status": "failed", "error": error, "traceback": tb, **extra}
+
+
+#: words in the messages of allocation failures that are not ``MemoryError`` / ``torch.OutOfMemoryError``
+_ALLOCATION_FAILURE = ("can't allocate memory", "cannot allocate memory", "out of memory", "not enough memory",
+                       "failed to allocate", "bad_alloc", "std::bad_alloc")
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _ALLOCATION_FAILURE)
 
 
 def _finite_or_error(metrics: dict[str, float], solution: Solution) -> str | None:
@@ -80,9 +97,15 @@ def select_metrics(registry: Registry, names: tuple[str, ...] | None) -> list[Me
     return [registry.metric(n).cls() for n in chosen]
 
 
-def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeout: bool = True) -> dict[str, Any]:
-    """Run one cell and return its record (never raises, except on KeyboardInterrupt)."""
-    record = base_record(spec)
+def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeout: bool = True,
+                attempt: str | None = None, on_timed_start: Any = None) -> dict[str, Any]:
+    """Run one cell and return its record (never raises, except on KeyboardInterrupt).
+
+    ``attempt`` is the id under which the executor marked the run as started (a fresh one when None);
+    ``on_timed_start()`` is called when the timed part (``solve``) begins, after the untimed task build and
+    ``prepare`` (a process pool restarts its timeout backstop there).
+    """
+    record = base_record(spec, attempt)
     task_entry, solver_entry = registry.task(spec.task), registry.solver(spec.solver)
     threads = choose_threads(spec.threads, solver_entry.cls.threads, jobs)
     torch.set_num_threads(threads)
@@ -102,6 +125,8 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
             return _finish(record)
         solver.prepare(problem)
         seed_everything(spec.seed)
+        if on_timed_start is not None:
+            on_timed_start()
         with PeakMemory(device) as mem, (alarm(spec.timeout) if enforce_timeout else contextlib.nullcontext()):
             synchronize(device)
             start = time.perf_counter()
@@ -111,6 +136,9 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
         record["peak_memory_mb"] = mem.peak_bytes / 2**20
         if not isinstance(solution, Solution):
             raise TypeError(f"{spec.solver}.solve returned {type(solution).__name__}, expected otbench.Solution")
+        warnings = _contract_warnings(solver_entry.cls, problem.kind, solution)
+        if warnings:
+            record["warnings"] = warnings
         record["parts"] = sorted(solution.parts())
         record["iterations"] = solution.iterations
         record["trace"] = solution.trace
@@ -136,8 +164,30 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
     except MemoryError as exc:
         record.update(status="failed", error=f"out of memory: MemoryError {exc}", traceback=traceback.format_exc())
     except Exception as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        prefix = "out of memory: " if _is_allocation_failure(exc) else ""
+        record.update(status="failed", error=f"{prefix}{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     return _finish(record)
+
+
+def _contract_warnings(solver_cls: type, kind: str, solution: Solution) -> list[str]:
+    """Departures from the solver's declared contract that the runner tolerates but must not hide.
+
+    A part the solver does not declare is still measured (so a metric may use it) but named here; a distance
+    that is a tensor is converted to a float (a tensor can hold a device buffer or an autograd graph).
+    """
+    warnings = []
+    extra = sorted(solution.parts() - solver_cls.parts_for(kind))
+    if extra:
+        warnings.append(f"solution holds parts {extra} that {solver_cls.name!r} does not declare in provides "
+                        f"({sorted(solver_cls.parts_for(kind))}) for {kind!r} problems")
+    if solution.distance is not None and not isinstance(solution.distance, (int, float)):
+        kind_name = type(solution.distance).__name__
+        try:
+            solution.distance = float(solution.distance)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"Solution.distance must be a float, got {kind_name} that float() rejects: {exc}") from None
+        warnings.append(f"Solution.distance was a {kind_name}, not a float; converted with float()")
+    return warnings
 
 
 def _apply_metrics(registry: Registry, spec: RunSpec, truth: Any, solution: Solution, problem: Any

@@ -111,6 +111,18 @@ def toy_problem(kind: str, device: torch.device | str = "cpu", dtype: torch.dtyp
         return Problem(kind, flat, cost, device, dtype, x=x, y=y, x_labels=x_labels,
                        y_labels=y_labels if kind == "transfer" else None, n_classes=n_classes, seed=seed,
                        shape=shape if image else None, value_range=vrange)
+    if kind == "barycenter":
+        side = 8
+        coords = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+        grid = torch.stack(torch.meshgrid(coords, coords, indexing="ij"), dim=-1).reshape(-1, 2)
+        centres = torch.tensor([[0.3, 0.3], [0.7, 0.4], [0.5, 0.7]], dtype=torch.float64)
+        bumps = torch.exp(-((grid[None] - centres[:, None]) ** 2).sum(-1) / (2 * 0.1**2))
+        measures = bumps / bumps.sum(1, keepdim=True)
+        weights = torch.full((3,), 1 / 3, dtype=torch.float64)
+        cost_matrix = pairwise_cost(grid, grid, "sqeuclidean")
+        return Problem("barycenter", 2, "sqeuclidean", device, dtype, x=grid.to(device, dtype),
+                       cost_matrix=cost_matrix.to(device, dtype), measures=measures.to(device, dtype),
+                       measure_weights=weights.to(device, dtype), grid_shape=(side, side), seed=seed)
     raise ValueError(f"unknown problem kind {kind!r}")
 
 
@@ -124,10 +136,17 @@ def _check_parts(name: str, sol: Solution, problem: Problem, declared: frozenset
     missing = declared - sol.parts()
     if missing:
         errors.append(f"{where}: declared parts {sorted(missing)} are missing from the Solution")
+    undeclared = sol.parts() - declared
+    if undeclared:
+        errors.append(f"{where}: the Solution holds parts {sorted(undeclared)} that are not declared in provides "
+                      f"({sorted(declared)}); declare them (provides / provides_by_kind) or drop them")
     dev = problem.device.type
     n = 64
-    if sol.distance is not None and not (isinstance(sol.distance, (int, float)) and math.isfinite(sol.distance)):
-        errors.append(f"{where}: distance must be a finite float, got {sol.distance!r}")
+    if sol.distance is not None and not (isinstance(sol.distance, (int, float)) and not isinstance(sol.distance, bool)
+                                         and math.isfinite(sol.distance)):
+        kind = type(sol.distance).__name__
+        errors.append(f"{where}: distance must be a finite Python float, got {kind} {sol.distance!r}"
+                      + (" (return float(tensor))" if isinstance(sol.distance, torch.Tensor) else ""))
     if sol.critic is not None and problem.kind == "continuous":
         out = sol.critic(problem.sample_p(n))
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n,):
@@ -150,11 +169,19 @@ def _check_parts(name: str, sol: Solution, problem: Problem, declared: frozenset
         elif plan.device.type != dev or not torch.isfinite(plan).all() or (plan < 0).any():
             errors.append(f"{where}: plan must be finite, non-negative and on {dev}")
     if sol.plan_samples is not None:
-        xs, ys = sol.plan_samples(n)
-        if xs.shape != (n, problem.dim) or ys.shape != (n, problem.dim):
-            errors.append(f"{where}: plan_samples(n) must return two [n, d] tensors, got {xs.shape}, {ys.shape}")
-        elif not (torch.isfinite(xs).all() and torch.isfinite(ys).all()):
-            errors.append(f"{where}: plan_samples(n) returned non-finite values")
+        pair = sol.plan_samples(n)
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+            errors.append(f"{where}: plan_samples(n) must return a tuple of two tensors, got {type(pair).__name__}")
+        else:
+            xs, ys = pair
+            if tuple(xs.shape) != (n, problem.dim) or tuple(ys.shape) != (n, problem.dim):
+                errors.append(f"{where}: plan_samples(n) must return two [n, d] tensors, got {tuple(xs.shape)}, "
+                              f"{tuple(ys.shape)}")
+            elif not (torch.isfinite(xs).all() and torch.isfinite(ys).all()):
+                bad = int((~torch.isfinite(xs)).any(1).sum() + (~torch.isfinite(ys)).any(1).sum())
+                errors.append(f"{where}: plan_samples(n) returned NaN or inf ({bad} of {2 * n} points)")
+            elif xs.device.type != dev or ys.device.type != dev:
+                errors.append(f"{where}: plan_samples must be on {dev}, got {xs.device} and {ys.device}")
     if sol.generator is not None:
         out = sol.generator(n)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n or out[0].numel() != problem.dim:
@@ -180,25 +207,46 @@ def _check_parts(name: str, sol: Solution, problem: Problem, declared: frozenset
                           f"got {getattr(out, 'shape', type(out))}")
         elif out.device.type != dev or not torch.isfinite(out).all():
             errors.append(f"{where}: classifier scores must be finite and on {dev}")
+    if sol.barycenter is not None and problem.kind == "barycenter":
+        q = sol.barycenter
+        n_support = problem.measures.shape[1]
+        if not isinstance(q, torch.Tensor) or tuple(q.shape) != (n_support,):
+            errors.append(f"{where}: barycenter must be a histogram [{n_support}], got {getattr(q, 'shape', type(q))}")
+        elif q.device.type != dev or not torch.isfinite(q).all() or (q < 0).any():
+            errors.append(f"{where}: barycenter must be finite, non-negative and on {dev}")
+        elif abs(float(q.double().sum()) - 1.0) > 1e-3:
+            errors.append(f"{where}: barycenter must sum to 1, sums to {float(q.double().sum()):.6g}")
     if sol.iterations is not None and (not isinstance(sol.iterations, int) or sol.iterations < 0):
         errors.append(f"{where}: iterations must be a non-negative int, got {sol.iterations!r}")
 
 
+def _finite_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
 def _same(a: Solution, b: Solution, problem: Problem) -> str | None:
-    if a.distance is not None and b.distance is not None and not math.isclose(a.distance, b.distance, rel_tol=1e-6, abs_tol=1e-9):
+    """How two solutions of the same seeded problem differ, or None. Non-finite values are not compared here
+    (``_check_parts`` reports them once, as what they are, instead of a spurious 'nan vs nan')."""
+    if _finite_number(a.distance) and _finite_number(b.distance) and \
+            not math.isclose(float(a.distance), float(b.distance), rel_tol=1e-6, abs_tol=1e-9):
         return f"distance {a.distance!r} vs {b.distance!r}"
     probe = torch.linspace(-2, 2, 16 * problem.dim, device=problem.device, dtype=problem.dtype).reshape(16, problem.dim)
     if problem.value_range is not None:
         probe = probe.clamp(*problem.value_range)
     if a.critic is not None and b.critic is not None and problem.kind == "continuous":
-        if not torch.allclose(a.critic(probe), b.critic(probe), rtol=1e-5, atol=1e-6):
+        if not torch.allclose(a.critic(probe), b.critic(probe), rtol=1e-5, atol=1e-6, equal_nan=True):
             return "critic values differ"
     if a.map is not None and b.map is not None and problem.kind == "continuous":
-        if not torch.allclose(a.map(probe), b.map(probe), rtol=1e-5, atol=1e-6):
+        if not torch.allclose(a.map(probe), b.map(probe), rtol=1e-5, atol=1e-6, equal_nan=True):
             return "map values differ"
     if a.generator is not None and b.generator is not None:
         if not torch.allclose(a.generator(16), b.generator(16), rtol=1e-5, atol=1e-6):
             return "generator draws differ (a generator must be seeded from the problem's seed)"
+    if a.barycenter is not None and b.barycenter is not None and not torch.allclose(a.barycenter, b.barycenter):
+        return "barycenters differ"
     if a.classifier is not None and b.classifier is not None:
         if not torch.allclose(a.classifier(probe), b.classifier(probe), rtol=1e-5, atol=1e-6):
             return "classifier scores differ"
@@ -235,7 +283,7 @@ def check_solver(solver_cls: type[Solver], params: Mapping[str, Any] | None = No
     images = solver_cls.inputs == "images"
     for kind in PROBLEM_KINDS:
         cost = "euclidean" if solver_cls.costs is None or "euclidean" in solver_cls.costs else sorted(solver_cls.costs)[0]
-        problem = toy_problem(kind, device=device, dtype=dtype, cost=cost, image=images and kind != "discrete")
+        problem = toy_problem(kind, device=device, dtype=dtype, cost=cost, image=images and kind not in ("discrete", "barycenter"))
         if kind not in solver_cls.kinds:
             try:
                 _solve(solver_cls, params, problem)
@@ -248,14 +296,14 @@ def check_solver(solver_cls: type[Solver], params: Mapping[str, Any] | None = No
             continue
         first = _solve(solver_cls, params, problem)
         second = _solve(solver_cls, params, toy_problem(kind, device=device, dtype=dtype, cost=cost,
-                                                        image=images and kind != "discrete"))
+                                                        image=images and kind not in ("discrete", "barycenter")))
         diff = _same(first, second, problem)  # before anything else draws from the solutions' streams
         if diff:
             errors.append(f"{name}: not deterministic for a fixed seed on a {kind} problem ({diff})")
         checks.append(f"{kind}: deterministic for a seed")
         _check_parts(name, first, problem, solver_cls.parts_for(kind), errors)
         checks.append(f"{kind}: declared parts, shapes, device")
-        if images and kind != "discrete":
+        if images and kind not in ("discrete", "barycenter"):
             try:
                 _solve(solver_cls, params, toy_problem(kind, device=device, dtype=dtype, cost=cost))
                 errors.append(f"{name}: declares inputs='images' but accepted a {kind} problem of plain vectors")
@@ -280,6 +328,12 @@ def check_solver(solver_cls: type[Solver], params: Mapping[str, Any] | None = No
     if errors:
         raise AssertionError(f"{name} fails the otbench solver contract:\n  - " + "\n  - ".join(errors))
     return checks
+
+
+def _shared_rows(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many rows of ``b`` are exactly rows of ``a``."""
+    seen = {row.tobytes() for row in a.detach().cpu().reshape(a.shape[0], -1).numpy()}
+    return sum(row.tobytes() in seen for row in b.detach().cpu().reshape(b.shape[0], -1).numpy())
 
 
 def check_task(task_cls: type[Task], params: Mapping[str, Any] | None = None,
@@ -308,13 +362,20 @@ def check_task(task_cls: type[Task], params: Mapping[str, Any] | None = None,
             errors.append(f"{name}: different seeds gave identical samples")
         if p1.value_range is not None and (a.min() < p1.value_range[0] or a.max() > p1.value_range[1]):
             errors.append(f"{name}: samples leave the declared value_range {p1.value_range}")
-        fresh, _ = task_cls(**params).build(0, device, dtype)  # the solver's first draws, before any other draw
         for ev in ("sample_p", "sample_q"):
             if p1.kind == "generative" and ev == "sample_p":
                 continue
-            ev_sampler = getattr(t1, ev)
-            if ev_sampler is not None and torch.equal(ev_sampler(32), getattr(fresh, ev)(32)):
-                errors.append(f"{name}: evaluation samples Truth.{ev} repeat the solver's stream Problem.{ev}")
+            # two fresh builds: the solver's first draws, and the truth's first draws made before any solver
+            # draw of its own build (a truth sampler that shares the solver's generator then replays it too)
+            solver_rows = getattr(task_cls(**params).build(0, device, dtype)[0], ev)(256)
+            ev_sampler = getattr(task_cls(**params).build(0, device, dtype)[1], ev)
+            if ev_sampler is None:
+                continue
+            shared = _shared_rows(solver_rows, ev_sampler(256))
+            if shared > 128:  # a replayed stream shares all; independent draws from a finite pool share few
+                errors.append(f"{name}: {shared} of 256 evaluation samples Truth.{ev} are samples of the solver's "
+                              f"stream Problem.{ev}; draw the truth from its own stream "
+                              "(otbench.sampling.make_sampler_pair gives four independent ones)")
         if p1.kind == "generative" and t1.sample_q is None:
             errors.append(f"{name}: a generative task must keep held-out data in Truth.sample_q")
     elif p1.kind in ("adaptation", "transfer"):

@@ -24,25 +24,30 @@ def installed_example():
 def test_example_plugin_is_discovered(installed_example):
     plugins = otbench_cli("plugins", check=True).stdout
     assert "example" in plugins and "otbench-example-plugin" in plugins
-    listing = otbench_cli("list", "solvers", check=True).stdout
-    assert "sliced_wasserstein" in listing
+    listing = otbench_cli("list", check=True).stdout
+    assert "sliced_wasserstein" in listing and "uniform_cube_shift" in listing  # a solver and a task
 
 
 def test_example_plugin_runs_in_a_suite_and_passes_conformance(installed_example, tmp_path):
     suite = write_suite(tmp_path / "s.yaml", """
 name: third_party
 seeds: [0]
-tasks: [{name: gaussian_shift, params: {dim: 4, shift: 2.0}}]
+tasks: [{name: gaussian_shift, params: {dim: 4, shift: 2.0}}, {name: uniform_cube_shift, params: {dim: 2, shift: 1.5}}]
 solvers: [{name: sliced_wasserstein, params: {n_samples: 512}}, {name: exact_lp, params: {n_samples: 256}}]
 """)
     otbench_cli("run", str(suite), "--results-dir", str(tmp_path / "r"), "--strict", check=True)
     records = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
-    sliced = next(r for r in records if r["solver"] == "sliced_wasserstein")
+    sliced = next(r for r in records if r["solver"] == "sliced_wasserstein" and r["task"] == "gaussian_shift")
     assert sliced["status"] == "ok" and sliced["plugins"]["solver"][0] == "example"
     # sliced W1 of a shift by m equals E|<m, theta>| < |m|: the leaderboard shows it biased low
     assert 0.2 < sliced["metrics"]["distance"] < 2.0
-    check = subprocess.run([sys.executable, "-c", "from otbench.testing import check_solver;"
-                            "from otbench_example import SlicedWasserstein as S; check_solver(S, {'n_samples': 128})"],
+    # the plugin's task: exact LP on 256 uniform samples recovers W1 = |m| = 1.5 of a translation closely
+    lp = next(r for r in records if r["solver"] == "exact_lp" and r["task"] == "uniform_cube_shift")
+    assert lp["status"] == "ok" and lp["plugins"]["task"][0] == "example"
+    assert lp["metrics"]["true_distance"] == 1.5 and lp["metrics"]["distance_rel_error"] < 0.1
+    check = subprocess.run([sys.executable, "-c", "from otbench.testing import check_solver, check_task;"
+                            "from otbench_example import SlicedWasserstein as S, UniformCubeShift as T;"
+                            "check_solver(S, {'n_samples': 128}); check_task(T); check_task(T, {'cost': 'sqeuclidean'})"],
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
 

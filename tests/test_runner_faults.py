@@ -146,7 +146,7 @@ def test_ctrl_c_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     assert sorted(r["seed"] for r in final) == list(range(8))
 
 
-def test_failures_are_never_cached_and_strict_fails(tmp_path):
+def test_failures_are_kept_retried_on_request_and_strict_fails(tmp_path):
     suite = write_suite(tmp_path / "f.yaml", """
 name: f
 seeds: [0]
@@ -158,8 +158,11 @@ solvers: [{name: fault_raises}, {name: exact_lp, params: {n_samples: 32}}]
     first = otbench_cli("run", str(suite), "--results-dir", str(out), env=env)
     assert first.returncode == 0 and "1 run(s) failed" in first.stderr
     second = otbench_cli("run", str(suite), "--results-dir", str(out), "--strict", env=env)
-    assert second.returncode == 1
-    assert "1 already done, 1 to run" in second.stderr  # the failure is retried, the success is not
+    assert second.returncode == 1  # --strict still fails on a failure kept from an earlier session
+    assert "2 already done, 0 to run" in second.stderr and "--retry-failed" in second.stderr
+    retried = otbench_cli("run", str(suite), "--results-dir", str(out), "--retry-failed", "--strict", env=env)
+    assert retried.returncode == 1
+    assert "1 already done, 1 to run" in retried.stderr  # the failure is retried on request, the success is not
     forced = otbench_cli("run", str(suite), "--results-dir", str(out), "--force", env=env)
     assert "0 already done, 2 to run" in forced.stderr
 

@@ -17,6 +17,7 @@ _MODULES = (
     "otbench.metrics.w1",
     "otbench.metrics.generative",
     "otbench.metrics.classification",
+    "otbench.metrics.barycenter",
 )
 
 

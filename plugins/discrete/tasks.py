@@ -181,11 +181,19 @@ class Histograms1D(_DiscreteTask):
         return grid[:, None], grid[:, None].clone(), a, b, {}
 
 
+#: the RGB pictures scikit-image ships inside its wheel; any other name is refused (no download at run time)
+SHIPPED_RGB_IMAGES = ("astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry",
+                      "logo", "retina", "rocket")
+
+
 @functools.lru_cache(maxsize=8)
 def _image(name: str) -> np.ndarray:
     """An RGB image shipped inside scikit-image's wheel, as float64 pixels in [0, 1], shape [h * w, 3]."""
     from skimage import data
 
+    if name not in SHIPPED_RGB_IMAGES:  # other skimage.data functions download files (one downloads them all)
+        raise InvalidInput(f"color_transfer: source and target must be one of {list(SHIPPED_RGB_IMAGES)} (RGB "
+                           f"images shipped inside scikit-image's wheel), got {name!r}")
     loader = getattr(data, name, None)
     if loader is None:
         raise InvalidInput(f"color_transfer: scikit-image has no image {name!r}")

@@ -445,7 +445,8 @@ class MinFunnelPair(_KnownPlanTask):
             raise InvalidInput(f"min_funnel: funnels must be a positive integer, got {funnels!r}")
         funnels = int(funnels)
         if self.params["pairs_file"]:
-            path = str(self.params["pairs_file"]).format(dim=dim, funnels=funnels)
+            # plain substitution, not str.format: a format field like {dim.__class__} must not be evaluated
+            path = str(self.params["pairs_file"]).replace("{dim}", str(dim)).replace("{funnels}", str(funnels))
             centres, offsets = load_funnel_file(path)
             if tuple(centres.shape) != (funnels, dim):
                 raise InvalidInput(f"min_funnel: pairs_file {path!r} holds {centres.shape[0]} funnels in dimension "
