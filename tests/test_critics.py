@@ -102,7 +102,12 @@ def test_spectral_norm_layers_are_1_lipschitz():
     norms = grad_of(sol.critic, random_points(2)).norm(dim=1)
     assert float(norms.max()) <= 1 + 1e-4
     assert sol.distance <= truth.distance + MC_TOL
-    assert sol.distance > 0.5 * truth.distance  # it did train (on this linear task SN is nearly exact)
+    # On this linear task SN is nearly exact: measured 2.016, 1.984, 2.006, 2.004 on seeds 0-3 (Monte Carlo SE
+    # ~0.011). Wrong implementation caught: layers divided by a bound above their spectral norm, e.g. Hoelder's
+    # sqrt(|W|_1 |W|_inf): still 1-Lipschitz, passes every check above and the old bar (> 0.5 W1), but the
+    # critic is too flat (measured 1.82). (The Frobenius norm is NOT caught here: on this linear task the trained
+    # layers become nearly rank one, where it equals the spectral norm.)
+    assert abs(sol.distance - truth.distance) < 0.08, sol.distance
     assert mean_cos(sol.critic, truth) > 0.98
 
 

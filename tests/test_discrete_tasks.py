@@ -105,3 +105,53 @@ def test_conformance_kit_on_tasks():
 
     check_task(dt.PointClouds, params={"n": 40, "dim": 2})
     check_task(dt.Histograms1D, params={"n": 40})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The truth is not circular: an LP solver independent of POT agrees with it.
+
+
+def _highs_ot(a, b, c) -> float:
+    """The balanced OT LP solved by scipy's HiGHS (dual simplex / IPM), independent of POT's network simplex."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    n, m = c.shape
+    rows = np.kron(np.eye(n), np.ones((1, m)))   # sum_j P_ij = a_i
+    cols = np.kron(np.ones((1, n)), np.eye(m))   # sum_i P_ij = b_j
+    res = linprog(c.reshape(-1), A_eq=np.vstack([rows, cols]), b_eq=np.concatenate([a, b]), bounds=(0, None),
+                  method="highs")
+    assert res.status == 0, res.message
+    return float(res.fun)
+
+
+@pytest.mark.parametrize("cls,params", [
+    (dt.PointClouds, {"n": 14, "m": 11, "dim": 3, "weights": "random", "cost": "euclidean"}),
+    (dt.PointClouds, {"n": 12, "dim": 2, "distribution": "gaussian"}),
+    (dt.Histograms1D, {"n": 16}),
+])
+def test_truth_and_exact_lp_agree_with_an_independent_lp(cls, params):
+    # Wrong implementation caught: both the task truth and exact_lp come from exact_emd, so a wrong exact_emd
+    # (e.g. a north-west-corner vertex: feasible, <= n + m - 1 non-zeros, cheaper than the product plan, cost
+    # consistent with its plan) passes every self-consistency check above. HiGHS is a separate LP code.
+    prob, truth = cls(**params).build(2, CPU, torch.float64)
+    opt = _highs_ot(prob.a.numpy(), prob.b.numpy(), prob.cost_matrix.numpy())
+    assert abs(truth.distance - opt) < 1e-9
+    assert abs(ExactLP().solve(prob).distance - opt) < 1e-9
+
+
+def test_exact_lp_stopping_early_raises():
+    # Wrong implementation caught: POT only *warns* when the simplex hits its iteration cap and hands back a
+    # feasible, non-optimal plan; a solver that passed that on would report a wrong distance as exact.
+    from otbench.api import SolverDidNotConverge
+
+    prob, truth = dt.PointClouds(n=40, m=50, dim=2, weights="random").build(0, CPU, torch.float64)
+    with pytest.raises(SolverDidNotConverge, match="before optimality"):
+        ExactLP(max_iter=5).solve(prob)
+    # and on a continuous problem too (the sampled LP)
+    from otbench_plugins.w1.closed_form import GaussianShift
+
+    cont, _ = GaussianShift(dim=2).build(0, CPU, torch.float64)
+    with pytest.raises(SolverDidNotConverge):
+        ExactLP(n_samples=64, max_iter=5).solve(cont)
+    assert abs(ExactLP(max_iter=10**6).solve(prob).distance - truth.distance) < 1e-12  # a large cap is fine

@@ -204,3 +204,37 @@ def test_cuda_float32_matches_cpu():
         gpu = fn(a.to(dev), b.to(dev), c.to(dev), **kw)
         assert gpu.plan.device.type == "cuda"
         assert abs(gpu.value - cpu.value) / opt < 1e-4
+
+
+def _rectangular(n: int, m: int, d: int, seed: int):
+    """Random positive weights on n != m points: a code that mixes up a and b, or rows and columns, breaks."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    y = torch.rand(m, d, generator=g, dtype=torch.float64) + 0.3
+    c = torch.cdist(x, y).square()
+    c = c / c.max()
+    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(m, generator=g, dtype=torch.float64) + 0.1
+    return a / a.sum(), b / b.sum(), c
+
+
+@pytest.mark.parametrize("n,m", [(70, 110), (110, 45)])
+def test_sinkhorn_matches_pot_when_n_differs_from_m(n, m):
+    # Wrong implementation caught: with n == m and uniform weights, swapping a and b, using K instead of K^T,
+    # or normalising along the wrong axis can still match POT; here every such slip changes the plan or fails.
+    import ot
+
+    a, b, c = _rectangular(n, m, 3, seed=n)
+    ours = sinkhorn_solve(a, b, c, 0.05, method="kernel", max_iter=120, tol=0.0, trace=False)
+    pot = ot.sinkhorn(a.numpy(), b.numpy(), c.numpy(), 0.05, numItermax=120, stopThr=0.0, warn=False)
+    assert ours.plan.shape == (n, m)
+    np.testing.assert_allclose(ours.plan.numpy(), pot, rtol=1e-9, atol=1e-14)
+    conv = ot.sinkhorn(a.numpy(), b.numpy(), c.numpy(), 0.02, numItermax=20000, stopThr=1e-13, warn=False)
+    for method in ("stabilized", "log"):
+        res = sinkhorn_solve(a, b, c, 0.02, method=method, max_iter=20000, tol=1e-12, trace=False)
+        assert res.converged
+        np.testing.assert_allclose(res.plan.numpy(), conv, rtol=1e-6, atol=1e-12)
+    # the solver class on a rectangular problem: marginals are a (rows) and b (columns)
+    sol = Sinkhorn(epsilon=0.02, max_iter=20000).solve(problem_of(a, b, c))
+    torch.testing.assert_close(sol.plan.sum(1), a, rtol=0, atol=1e-8)
+    torch.testing.assert_close(sol.plan.sum(0), b, rtol=0, atol=1e-8)

@@ -49,13 +49,26 @@ def _batches(sample: Callable[[int], torch.Tensor], n_samples: int | None, batch
     return lambda: data[torch.randint(data.shape[0], (batch,), generator=gen, device=data.device)]
 
 
-def _gap(critic: nn.Module, generated: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+def lipschitz_critic(dim: int, hidden: int, layers: int, lipschitz: str) -> nn.Sequential:
+    """A LeakyReLU MLP critic ``dim -> 1``, spectrally normalised (``"spectral"``) or plain for weight clipping."""
+    linear = _spectral_linear if lipschitz == "spectral" else nn.Linear
+    return mlp([int(dim)] + [int(hidden)] * int(layers) + [1], activation=nn.LeakyReLU, linear=linear)
+
+
+def clip_weights(params: list[torch.Tensor], clip_value: float) -> None:
+    """Weight clipping of the seed-000 reproduction: every critic parameter into [-clip_value, clip_value]."""
+    with torch.no_grad():
+        for w in params:
+            w.clamp_(-float(clip_value), float(clip_value))
+
+
+def critic_gap(critic: nn.Module, generated: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     """E critic(generated) - E critic(data), in one forward pass (one spectral-norm power iteration)."""
     values = critic(torch.cat([generated, data])).squeeze(-1)
     return values[: generated.shape[0]].mean() - values[generated.shape[0]:].mean()
 
 
-def _lr_factor(it: int, total: int, final_ratio: float) -> float:
+def cosine_lr_factor(it: int, total: int, final_ratio: float) -> float:
     """Cosine decay of the learning rate from 1 to ``final_ratio`` over the run."""
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * (it - 1) / max(total - 1, 1)))
 
@@ -101,9 +114,7 @@ class SPOT(Solver):
 
     def _critic(self, dim: int) -> nn.Module:
         p = self.params
-        linear = _spectral_linear if p["lipschitz"] == "spectral" else nn.Linear
-        sizes = [dim] + [int(p["critic_hidden"])] * int(p["critic_layers"]) + [1]
-        return mlp(sizes, activation=nn.LeakyReLU, linear=linear)
+        return lipschitz_critic(dim, int(p["critic_hidden"]), int(p["critic_layers"]), p["lipschitz"])
 
     def solve(self, problem: Problem) -> Solution:
         self.check_supported(problem)
@@ -136,7 +147,7 @@ class SPOT(Solver):
         total = int(p["iterations"])
         ratio = 1.0 if p["lr_final"] is None else float(p["lr_final"]) / float(p["lr"])
         for it in range(1, total + 1):
-            factor = _lr_factor(it, total, ratio)
+            factor = cosine_lr_factor(it, total, ratio)
             for opt, base in ((opt_c, lr_c), (opt_g, float(p["lr"]))):
                 for group in opt.param_groups:
                     group["lr"] = base * factor
@@ -145,15 +156,13 @@ class SPOT(Solver):
                 x, y, z = draw_x(), draw_y(), latent_batch(batch)
                 with torch.no_grad():
                     gx, gy = g_x(z), g_y(z)
-                gap_x = _gap(lam_x, gx, x)
-                gap_y = _gap(lam_y, gy, y)
+                gap_x = critic_gap(lam_x, gx, x)
+                gap_y = critic_gap(lam_y, gy, y)
                 opt_c.zero_grad(set_to_none=True)
                 (-eta * (gap_x + gap_y)).backward()
                 opt_c.step()
                 if p["lipschitz"] == "clip":
-                    with torch.no_grad():
-                        for w in critic_params:
-                            w.clamp_(-float(p["clip_value"]), float(p["clip_value"]))
+                    clip_weights(critic_params, float(p["clip_value"]))
             # generators: one descent step on E c(G_X, G_Y) + eta (E lambda_X(G_X) + E lambda_Y(G_Y))
             z = latent_batch(batch)
             gx, gy = g_x(z), g_y(z)
