@@ -112,6 +112,22 @@ def _stale(specs: list, latest: dict[str, dict]) -> list:
     return stale
 
 
+def _outgrown(specs: list, latest: dict[str, dict]) -> list[tuple[object, str]]:
+    """Done runs whose record no longer answers the suite: it lacks a metric the suite now asks for, or it took
+    longer than the suite's timeout now allows. Neither is in the run key, so they are checked here."""
+    out = []
+    for spec in specs:
+        rec = latest.get(spec.key)
+        if rec is None or rec.get("status") != "ok":
+            continue
+        asked_then = rec.get("requested_metrics")
+        if spec.metrics is not None and asked_then is not None and not set(spec.metrics) <= set(asked_then):
+            out.append((spec, f"metrics {sorted(set(spec.metrics) - set(asked_then))} were not computed"))
+        elif isinstance(rec.get("seconds"), (int, float)) and rec["seconds"] > spec.timeout:
+            out.append((spec, f"it took {rec['seconds']:.3g} s, over the timeout of {spec.timeout:g} s"))
+    return out
+
+
 def _changed_parts(specs: list, latest: dict[str, dict]) -> str:
     names = set()
     for spec in specs:
@@ -187,9 +203,14 @@ def run(
                 warning(f"{len(stale)} finished run(s) were made with other source code of {_changed_parts(stale, latest)} "
                         "(the plugin changed since); rerunning them (pass --keep-stale to keep the old results, "
                         "and bump the component's `version` when a change should be recorded as a new version)")
+            outgrown = [] if force else _outgrown(specs, latest)
+            if outgrown:
+                spec0, why0 = outgrown[0]
+                warning(f"{len(outgrown)} finished run(s) no longer answer the suite (e.g. {spec0.task_label} / "
+                        f"{spec0.solver_label} / seed {spec0.seed}: {why0}); rerunning them")
             statuses = {k: r.get("status") for k, r in latest.items()}
             keep = set() if force else {"ok", "skipped"} | (set() if retry_failed else {"failed"})
-            stale_keys = {s.key for s in stale}
+            stale_keys = {s.key for s in stale} | {s.key for s, _ in outgrown}
             todo = [s for s in specs if statuses.get(s.key) not in keep or s.key in stale_keys]
             todo_keys = {s.key for s in todo}
             n_failed_kept = sum(1 for s in specs if statuses.get(s.key) == "failed" and s.key not in todo_keys)

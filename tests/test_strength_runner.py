@@ -219,8 +219,6 @@ def _cli_run(tmp_path, suite_text: str, results: str):
     return [json.loads(line) for line in (tmp_path / results / "records.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: the suite's metric list is not in the run key and the 'done' "
-                   "check ignores it, so adding a metric to a suite reuses the old records without that metric")
 def test_adding_a_metric_to_the_suite_does_not_reuse_records_without_it(tmp_path):
     # Wrong implementation caught: resume that treats a run as done although the suite now asks for a metric
     # the stored record never computed; the leaderboard then silently lacks the new column for those runs.
@@ -233,8 +231,6 @@ def test_adding_a_metric_to_the_suite_does_not_reuse_records_without_it(tmp_path
     assert "grad_cos" in records[-1]["metrics"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: the timeout is not in the run key and the 'done' check ignores "
-                   "it, so a run that took longer than the suite's new timeout is reused as ok")
 def test_lowering_the_timeout_does_not_reuse_runs_that_exceed_it(tmp_path, fault_registry):
     # Wrong implementation caught: a leaderboard made under 'timeout: 0.5' that contains a run which took 1 s
     # (recorded earlier under a larger timeout): the budget the suite states is not the one its numbers obey.
