@@ -116,7 +116,9 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
         record["env"] = environment(device, threads)
         seed_everything(spec.seed)
         t0 = time.perf_counter()
-        problem, truth = task_entry.cls(**spec.task_params).build(spec.seed, device, DTYPES[spec.dtype])
+        task = task_entry.cls(**spec.task_params)
+        record["primary_metric"] = list(task.primary_metric)  # an instance may choose it (e.g. by its extractor)
+        problem, truth = task.build(spec.seed, device, DTYPES[spec.dtype])
         record["task_build_seconds"] = time.perf_counter() - t0
         solver = solver_entry.cls(**spec.solver_params)
         reason = solver.supports(problem)

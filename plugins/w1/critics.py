@@ -54,6 +54,7 @@ __all__ = [
     "GroupSort",
     "SpectralLinear",
     "OrthoLinear",
+    "critic_objective",
     "train_critic",
     "critic_gap",
     "WeightClipping",
@@ -233,6 +234,35 @@ def critic_gap(
     return total / n
 
 
+def critic_objective(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    penalty: PenaltyFn | None = None,
+    penalty_weight: float = 0.0,
+    gen: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One batch of the critic objective: ``(loss, gap, penalty)`` with ``gap = mean f(x) - mean f(y)``.
+
+    ``loss = penalty_weight * E penalty(|grad f(z)|) - gap`` (``-gap`` without a penalty), ``z = t x + (1 - t) y``
+    with ``t ~ U[0, 1]`` drawn from ``gen`` into the buffer ``t`` (``[b, 1]``, allocated when None). Shared by
+    ``train_critic`` and the WGAN generators (plugins/generative/gans.py), which pass real data as ``x``.
+    """
+    b = x.shape[0]
+    out = net(torch.cat([x, y])).squeeze(-1)
+    gap = out[:b].mean() - out[b:].mean()
+    if penalty is None:
+        return -gap, gap, None
+    if t is None:
+        t = torch.empty(b, 1, device=x.device, dtype=x.dtype)
+    torch.rand(b, 1, generator=gen, out=t)
+    z = torch.lerp(y, x, t).requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(z).sum(), z, create_graph=True)
+    pen = penalty(safe_norm(grad)).mean()
+    return penalty_weight * pen - gap, gap, pen
+
+
 def train_critic(
     net: nn.Module,
     problem: Problem,
@@ -267,17 +297,7 @@ def train_critic(
     start = time.perf_counter()
     for it in range(1, int(iterations) + 1):
         x, y = problem.sample_p(b), problem.sample_q(b)
-        out = net(torch.cat([x, y])).squeeze(-1)
-        gap = out[:b].mean() - out[b:].mean()
-        if penalty is None:
-            pen = None
-            loss = -gap
-        else:
-            torch.rand(b, 1, generator=gen, out=t)
-            z = torch.lerp(y, x, t).requires_grad_(True)
-            (grad,) = torch.autograd.grad(net(z).sum(), z, create_graph=True)
-            pen = penalty(safe_norm(grad)).mean()
-            loss = penalty_weight * pen - gap
+        loss, gap, pen = critic_objective(net, x, y, penalty, penalty_weight, gen, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -381,6 +401,17 @@ class _DualCritic(Solver):
         """Freeze the trained net for evaluation; return extra info numbers."""
         return {}
 
+    def lipschitz_hooks(self) -> tuple[PenaltyFn | None, float, Callable[[nn.Module], None] | None]:
+        """``(penalty, penalty_weight, after_step)`` of this family, as ``train_critic`` takes them.
+
+        Call ``check_params`` first. Reused by the WGAN generators, which train this family's critic (built by
+        ``build``) against a generator instead of a fixed Q.
+        """
+        has_after = type(self).after_step is not _DualCritic.after_step
+        if self.penalty_param is None:
+            return None, 0.0, self.after_step if has_after else None
+        return self.penalty, float(self.params[self.penalty_param]), self.after_step if has_after else None
+
     def solve(self, problem: Problem) -> Solution:
         self.check_supported(problem)
         self.check_params()
@@ -389,13 +420,11 @@ class _DualCritic(Solver):
             seeded(derive_seed(problem.seed, "critic-init", self.name))
             net = self.build(problem.dim)
         net = net.to(device=problem.device, dtype=problem.dtype)
-        has_after = type(self).after_step is not _DualCritic.after_step
+        penalty, penalty_weight, after_step = self.lipschitz_hooks()
         trace = train_critic(
             net, problem,
             iterations=p["iterations"], batch_size=p["batch_size"], lr=p["lr"], betas=tuple(p["betas"]),
-            penalty=self.penalty if self.penalty_param is not None else None,
-            penalty_weight=float(p[self.penalty_param]) if self.penalty_param is not None else 0.0,
-            after_step=self.after_step if has_after else None,
+            penalty=penalty, penalty_weight=penalty_weight, after_step=after_step,
             trace_every=p["trace_every"], seed=problem.seed,
         )
         info = self.finish(net)
