@@ -34,9 +34,7 @@ class BarycenterW2(Metric):
     """Exact W2 (LP on the support) between the solution's barycenter and the true one; entropy vs the truth's.
 
     Outputs: ``barycenter_w2`` (in support units; for grids over [0, 1]^2 multiply by the grid side for pixels),
-    ``barycenter_w2_px`` (the same in pixels when the problem has a ``grid_shape``), ``barycenter_w2_floor``
-    (when ``Truth.extra["rendering_floor"]`` holds the truth re-rendered half a pixel off: what rendering alone
-    costs), ``barycenter_entropy`` and ``entropy_excess`` (entropy minus the truth's: entropic blur shows as a
+    ``barycenter_w2_px`` (the same in pixels when the problem has a ``grid_shape``), ``barycenter_entropy`` and ``entropy_excess`` (entropy minus the truth's: entropic blur shows as a
     positive excess) and ``barycenter_l1``. Truth needs: ``barycenter``; the support is ``problem.x``.
     """
 
@@ -44,8 +42,7 @@ class BarycenterW2(Metric):
     kinds = frozenset({"barycenter"})
     needs = frozenset({"barycenter"})
     truth_needs = frozenset({"barycenter"})
-    outputs = {"barycenter_w2": "min", "barycenter_w2_px": "min", "barycenter_w2_floor": "min",
-               "barycenter_entropy": "min", "entropy_excess": "min", "barycenter_l1": "min"}
+    outputs = {"barycenter_w2": "min", "barycenter_w2_px": "min", "barycenter_entropy": "min", "entropy_excess": "min", "barycenter_l1": "min"}
 
     def compute(self, truth: Truth, solution: Solution, problem: Problem) -> dict[str, float]:
         q, true_q = solution.barycenter, truth.barycenter
@@ -60,9 +57,6 @@ class BarycenterW2(Metric):
                "barycenter_l1": float((q.double() / q.double().sum() - true_q.double()).abs().sum())}
         if problem.grid_shape is not None:
             out["barycenter_w2_px"] = w2 * max(problem.grid_shape)
-        floor = truth.extra.get("rendering_floor")
-        if floor is not None:
-            out["barycenter_w2_floor"] = _w2(floor, true_q, support)
         return out
 
 

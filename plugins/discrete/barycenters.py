@@ -7,9 +7,7 @@ drawn from the seed (seed 004 rescales digits from half to double size with a ra
 the squared-Euclidean cost the W2 barycenter of a location-scale family ``(s_k . + c_k) # mu_0`` is the member
 at the weighted mean scale and mean location, ``(s_bar . + c_bar) # mu_0``: that is the truth. All measures and
 the truth are rendered by the same rule (bilinear template density, normalised per measure), so the truth is
-exact up to the rendering of one template on the grid; the metric ``barycenter_w2`` also reports what the
-rendering alone costs (the W2 between the truth and the rendered mean-scale template shifted by half a pixel:
-``barycenter_w2_floor``).
+exact up to the rendering of one template on the grid.
 
 **Solvers** (kind ``barycenter``, squared-Euclidean cost on the grid):
 
@@ -122,8 +120,6 @@ class LocationScaleBarycenter(Task):
         mean_scale = float(weights @ scales)
         mean_centre = (weights @ centres).tolist()
         truth_hist = render_template(p["template"], side, mean_scale, (mean_centre[0], mean_centre[1]), width)
-        floor_hist = render_template(p["template"], side, mean_scale,
-                                     (mean_centre[0] + 0.5 / side, mean_centre[1]), width)
         support = grid_points(side)
         cost = pairwise_cost(support, support, "sqeuclidean")
         device = torch.device(device)
@@ -131,8 +127,7 @@ class LocationScaleBarycenter(Task):
                           cost_matrix=cost.to(device, dtype), measures=measures.to(device, dtype),
                           measure_weights=weights.to(device, dtype), grid_shape=(side, side), seed=int(seed),
                           info={"mean_scale": mean_scale, "n_support": side * side})
-        truth = Truth(barycenter=truth_hist.to(device), extra={"support": support, "rendering_floor": floor_hist,
-                                                               "mean_scale": mean_scale, "mean_centre": mean_centre})
+        truth = Truth(barycenter=truth_hist.to(device), extra={"mean_scale": mean_scale, "mean_centre": mean_centre})
         return problem, truth
 
 
