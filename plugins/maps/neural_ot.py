@@ -98,6 +98,59 @@ def train_max_min(problem: Problem, transport: Transport, t_params: list[nn.Para
     return trace
 
 
+def strong_transport(t_map: nn.Module) -> tuple[Transport, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(transport, apply_map)`` for the strong quadratic cost 1/2 |x - T(x)|^2 of a deterministic map."""
+
+    def transport(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ty = t_map(x)
+        return ty, 0.5 * (x - ty).square().sum(-1).mean()
+
+    def apply_map(x: torch.Tensor) -> torch.Tensor:
+        return t_map(x)
+
+    return transport, apply_map
+
+
+def weak_transport(t_map: nn.Module, dim: int, z_dim: int, z_size: int, z_std: float, gamma: float, seed: int,
+                   device: torch.device, label: str = "not_weak") -> tuple[Transport, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(transport, apply_map)`` for the gamma-weak quadratic cost of a stochastic map ``t_map(x, z)``.
+
+    Each x gets ``z_size`` latent draws z ~ N(0, z_std^2 I_{z_dim}); the cost is 1/2 E|x - T(x, z)|^2 minus
+    gamma/2 times the unbiased variance over the draws. Training and the returned map draw z from two streams
+    derived from ``seed`` and ``label``.
+    """
+    train_rng = make_generator(derive_seed(seed, label, "train_z"), device)
+    map_rng = make_generator(derive_seed(seed, label, "map_z"), device)
+
+    def noise(n: int, rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        return z_std * torch.randn(n, z_dim, generator=rng, device=like.device, dtype=like.dtype)
+
+    def transport(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_rep = x.repeat_interleave(z_size, dim=0)
+        ty = t_map(x_rep, noise(x_rep.shape[0], train_rng, x))
+        grouped = ty.reshape(x.shape[0], z_size, dim)
+        transport_term = 0.5 * (x.unsqueeze(1) - grouped).square().sum(-1).mean()
+        variance = grouped.var(dim=1, unbiased=True).sum(-1).mean()
+        return ty, transport_term - 0.5 * gamma * variance
+
+    def apply_map(x: torch.Tensor) -> torch.Tensor:
+        return t_map(x, noise(x.shape[0], map_rng, x))
+
+    return transport, apply_map
+
+
+def evaluate_max_min(problem: Problem, transport: Transport, f: Callable[[torch.Tensor], torch.Tensor],
+                     n_eval: int) -> tuple[float, float]:
+    """``(E|x - T(x)|^2, 2 x max-min objective)`` of a trained pair on ``n_eval`` fresh draws of the problem."""
+    with torch.no_grad():
+        x, y = problem.sample_p(n_eval), problem.sample_q(n_eval)
+        ty, weak_cost = transport(x)
+        x_rep = x.repeat_interleave(ty.shape[0] // x.shape[0], dim=0)
+        distance = float((x_rep - ty).square().sum(-1).mean())
+        dual = 2.0 * float(weak_cost - f(ty).mean() + f(y).mean())
+    return distance, dual
+
+
 class _NOT(Solver):
     """Shared setup of the NOT solvers; subclasses define the transport (map and cost)."""
 
@@ -148,13 +201,7 @@ class _NOT(Solver):
         f = frozen_callable(potential, squeeze_last=True)
         for w in t_module.parameters():
             w.requires_grad_(False)
-        with torch.no_grad():
-            n_eval = int(self.params["n_eval"])
-            x, y = problem.sample_p(n_eval), problem.sample_q(n_eval)
-            ty, weak_cost = transport(x)
-            x_rep = x.repeat_interleave(ty.shape[0] // x.shape[0], dim=0)
-            distance = float((x_rep - ty).square().sum(-1).mean())
-            dual = 2.0 * float(weak_cost - f(ty).mean() + f(y).mean())
+        distance, dual = evaluate_max_min(problem, transport, f, int(self.params["n_eval"]))
         info = {"dual_value": dual, "final_loss_f": trace[-1]["loss_f"], "final_loss_T": trace[-1]["loss_T"]}
         return Solution(distance=distance, map=TrainedMap(apply_map, f), iterations=int(self.params["iterations"]),
                         trace=trace, info=info)
@@ -169,15 +216,7 @@ class NOTStrong(_NOT):
         dim, width, layers = problem.dim, self._width(problem.dim), int(self.params["layers"])
         t_map = _ResidualMap(mlp([dim] + [width] * layers + [dim]), bool(self.params["residual"]))
         t_map = t_map.to(problem.device, problem.dtype)
-
-        def transport(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            ty = t_map(x)
-            return ty, 0.5 * (x - ty).square().sum(-1).mean()
-
-        def apply_map(x: torch.Tensor) -> torch.Tensor:
-            return t_map(x)
-
-        return t_map, transport, apply_map
+        return (t_map, *strong_transport(t_map))
 
 
 class NOTWeak(_NOT):
@@ -198,24 +237,7 @@ class NOTWeak(_NOT):
         z_dim, z_size, z_std, gamma = int(p["z_dim"] or dim), int(p["z_size"]), float(p["z_std"]), float(p["gamma"])
         t_map = _ResidualMap(mlp([dim + z_dim] + [width] * layers + [dim]), bool(p["residual"]))
         t_map = t_map.to(problem.device, problem.dtype)
-        train_rng = make_generator(derive_seed(problem.seed, "not_weak", "train_z"), problem.device)
-        map_rng = make_generator(derive_seed(problem.seed, "not_weak", "map_z"), problem.device)
-
-        def noise(n: int, rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-            return z_std * torch.randn(n, z_dim, generator=rng, device=like.device, dtype=like.dtype)
-
-        def transport(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            x_rep = x.repeat_interleave(z_size, dim=0)
-            ty = t_map(x_rep, noise(x_rep.shape[0], train_rng, x))
-            grouped = ty.reshape(x.shape[0], z_size, dim)
-            transport_term = 0.5 * (x.unsqueeze(1) - grouped).square().sum(-1).mean()
-            variance = grouped.var(dim=1, unbiased=True).sum(-1).mean()
-            return ty, transport_term - 0.5 * gamma * variance
-
-        def apply_map(x: torch.Tensor) -> torch.Tensor:
-            return t_map(x, noise(x.shape[0], map_rng, x))
-
-        return t_map, transport, apply_map
+        return (t_map, *weak_transport(t_map, dim, z_dim, z_size, z_std, gamma, problem.seed, problem.device))
 
 
 @hookimpl
