@@ -19,14 +19,6 @@ CPU = torch.device("cpu")
 TINY = {"widths": (4, 8), "features": 32, "batch_size": 32, "lr": 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------ domains
 
 def test_photos_ship_with_scikit_image():

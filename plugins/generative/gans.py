@@ -44,6 +44,7 @@ from otbench_plugins.w1.critics import (
     LipschitzPenalty,
     SpectralNorm,
     WeightClipping,
+    adam_betas,
     critic_objective,
 )
 
@@ -157,14 +158,7 @@ def _check_common(name: str, p: dict[str, Any]) -> None:
         if not (v > 0 and math.isfinite(v)):
             raise bad(field, "must be a positive finite number")
         p[field] = v
-    betas = p["betas"]
-    try:
-        ok = len(betas) == 2 and all(0 <= float(v) < 1 for v in betas)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise bad("betas", "must be two numbers in [0, 1)")
-    p["betas"] = (float(betas[0]), float(betas[1]))
+    p["betas"] = adam_betas(p["betas"], lambda why: bad("betas", why))
     if p["arch"] not in ARCHS:
         raise bad("arch", f"must be one of {ARCHS}")
 

@@ -55,6 +55,7 @@ __all__ = [
     "SpectralLinear",
     "OrthoLinear",
     "critic_objective",
+    "adam_betas",
     "train_critic",
     "critic_gap",
     "WeightClipping",
@@ -356,14 +357,18 @@ def _check_params(name: str, p: dict[str, Any]) -> None:
         raise bad("width", "must be null (auto) or an integer >= 1")
     if not _number(name, p, "lr") > 0:
         raise bad("lr", "must be > 0")
-    betas = p["betas"]
+    p["betas"] = adam_betas(p["betas"], lambda why: bad("betas", why))
+
+
+def adam_betas(betas: Any, bad: Callable[[str], Exception]) -> tuple[float, float]:
+    """Adam's ``betas`` as two floats in [0, 1); raise ``bad(reason)`` otherwise."""
     try:
         ok = len(betas) == 2 and all(0 <= float(v) < 1 for v in betas)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise bad("betas", "must be two numbers in [0, 1)")
-    p["betas"] = (float(betas[0]), float(betas[1]))
+        raise bad("must be two numbers in [0, 1)")
+    return float(betas[0]), float(betas[1])
 
 
 class _DualCritic(Solver):
