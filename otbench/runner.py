@@ -115,6 +115,10 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
         device = resolve_device(spec.device)
         record["env"] = environment(device, threads)
         seed_everything(spec.seed)
+        kind, kinds = task_entry.cls.kind, solver_entry.cls.kinds
+        if kind not in kinds:  # declared capabilities decide it: skip without building the task
+            record.update(status="skipped", reason=f"{spec.solver} solves {sorted(kinds)} problems, not {kind!r}")
+            return _finish(record)
         t0 = time.perf_counter()
         task = task_entry.cls(**spec.task_params)
         record["primary_metric"] = list(task.primary_metric)  # an instance may choose it (e.g. by its extractor)

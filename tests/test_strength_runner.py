@@ -242,3 +242,24 @@ def test_lowering_the_timeout_does_not_reuse_runs_that_exceed_it(tmp_path, fault
     assert first[-1]["status"] == "ok" and first[-1]["seconds"] >= 1.0
     records = _cli_run(tmp_path, suite(0.5), "r")
     assert len(records) == 2 and records[-1]["status"] == "failed"
+
+
+def test_a_kind_mismatch_is_skipped_without_building_the_task(monkeypatch):
+    # Wrong implementation caught: building every task before asking the solver (the applied suite built 204
+    # image tasks only to skip them), or skipping without the reason.
+    from otbench.registry import get_registry
+    from otbench.runner import execute_run
+    from otbench.suite import RunSpec
+    from otbench_plugins.discrete.tasks import PointClouds
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the task was built although the solver cannot take its kind")
+
+    monkeypatch.setattr(PointClouds, "build", no_build)
+    registry = get_registry()
+    spec = RunSpec(suite="s", task="point_clouds", task_label="pc", task_params={}, solver="wgan_gp",
+                   solver_label="gp", solver_params={}, seed=0, device="cpu", dtype="float32", timeout=10.0,
+                   threads=1, metrics=None, budget="default", code_version="0", key="k")
+    record = execute_run(spec, registry)
+    assert record["status"] == "skipped"
+    assert "solves ['continuous'] problems, not 'discrete'" in record["reason"]
