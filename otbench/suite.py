@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from otbench.registry import Registry, source_hash, suggest
+from otbench.registry import PluginImportError, Registry, suggest
 
 __all__ = ["SuiteError", "Suite", "RunSpec", "load_suite", "plan_runs", "run_key", "count_runs", "DEFAULT_MAX_RUNS",
            "check_params"]
@@ -344,7 +344,9 @@ def check_params(cls: type, params: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _check_component(loc: str, spec: ComponentSpec | Override, cls: type, what: str, problems: list[str]) -> None:
+def _check_component(loc: str, spec: ComponentSpec | Override, cls: Any, what: str, problems: list[str]) -> None:
+    """Check ``spec``'s parameters against ``cls``'s declared defaults and rules (a class or a registry
+    ``Declaration``: nothing is imported)."""
     defaults = dict(cls.defaults)
     for section in ("params", "grid"):
         for key in getattr(spec, section):
@@ -390,10 +392,15 @@ def _instantiate(loc: str, cls: type, configs: list[dict[str, Any]], what: str, 
 
 
 def validate_suite(suite: Suite, registry: Registry, path: str | Path = "<suite>",
-                   max_runs: int = DEFAULT_MAX_RUNS) -> None:
+                   max_runs: int = DEFAULT_MAX_RUNS, construct: bool = True) -> None:
     """Check names, parameters, labels and budgets against the registry, then plan the runs of every budget
     (refusing more than ``max_runs``, and any two entries that plan the same run); raise SuiteError listing
-    all problems."""
+    all problems.
+
+    Everything but one check reads the components' declared class attributes and imports no plugin. With
+    ``construct`` (the default, and always before running) each distinct configuration is also constructed
+    once, so that a plugin's own checks in ``__init__`` speak now; that imports the plugins (torch: seconds).
+    """
     path = Path(path)
     problems: list[str] = []
     for section, table, what in (("tasks", registry.tasks, "task"), ("solvers", registry.solvers, "solver")):
@@ -406,7 +413,7 @@ def validate_suite(suite: Suite, registry: Registry, path: str | Path = "<suite>
                                 + ("" if hint else "; if it comes from a plugin, is the plugin installed "
                                    "(`otbench plugins`), or load its module with --plugin-module"))
             else:
-                _check_component(loc, spec, table[spec.name].cls, what, problems)
+                _check_component(loc, spec, table[spec.name].info, what, problems)
             if spec.key in seen:
                 problems.append(f"  - {loc}: duplicate label {spec.key!r} (also {section}[{seen[spec.key]}]); "
                                 "give each entry a unique 'label'")
@@ -423,7 +430,7 @@ def validate_suite(suite: Suite, registry: Registry, path: str | Path = "<suite>
                 if label not in entries:
                     problems.append(f"  - {loc}: no {section[:-1]} labelled {label!r}{suggest(label, sorted(entries))}")
                 elif entries[label].name in table:
-                    _check_component(loc, override, table[entries[label].name].cls, section[:-1], problems)
+                    _check_component(loc, override, table[entries[label].name].info, section[:-1], problems)
     if problems:
         raise SuiteError(f"{path}: invalid suite\n" + "\n".join(problems))
     for device in ("cpu", "cuda"):
@@ -436,8 +443,14 @@ def validate_suite(suite: Suite, registry: Registry, path: str | Path = "<suite>
         budget = suite.budgets.get(device)  # type: ignore[call-overload]
         for section, table, what in (("tasks", registry.tasks, "task"), ("solvers", registry.solvers, "solver")):
             for i, spec in enumerate(getattr(suite, section)):
+                if not construct:
+                    continue
                 override = getattr(budget, section).get(spec.key) if budget else None
-                cls = table[spec.name].cls
+                try:
+                    cls = table[spec.name].cls
+                except PluginImportError as exc:
+                    problems.append(f"  - {section}[{i}].name: the {what} {spec.name!r} cannot be loaded: {exc}")
+                    continue
                 configs = [{**cls.defaults, **p} for p in _expand(spec, override)]
                 _instantiate(f"{section}[{i}] ({spec.key!r}, {device} budget)", cls, configs, what, problems)
         if problems:
@@ -529,12 +542,12 @@ def _code_version(registry: Registry, task: str, solver: str) -> str:
     import otbench
 
     t, s = registry.task(task), registry.solver(solver)
-    return canonical_json([otbench.__version__, t.version, t.cls.version, s.version, s.cls.version])
+    return canonical_json([otbench.__version__, t.version, t.info.version, s.version, s.info.version])
 
 
 def code_hash(registry: Registry, task: str, solver: str) -> str:
     """``task:<hash> solver:<hash>`` of the source files defining the task and solver classes."""
-    return f"task:{source_hash(registry.task(task).cls)} solver:{source_hash(registry.solver(solver).cls)}"
+    return f"task:{registry.task(task).source_hash} solver:{registry.solver(solver).source_hash}"
 
 
 def budget_name(device_type: str) -> str:
@@ -556,7 +569,7 @@ def plan_runs(suite: Suite, registry: Registry, device_type: str, max_runs: int 
     runs: list[RunSpec] = []
     versions: dict[tuple[str, str], tuple[str, str]] = {}
     for task in suite.tasks:
-        task_cls = registry.task(task.name).cls
+        task_info = registry.task(task.name).info
         for task_params in _expand(task, budget.tasks.get(task.key) if budget else None):
             for solver in suite.solvers:
                 pair = (task.name, solver.name)
@@ -566,9 +579,9 @@ def plan_runs(suite: Suite, registry: Registry, device_type: str, max_runs: int 
                     for seed in seeds:
                         spec = RunSpec(
                             suite=suite.name, task=task.name, task_label=task.key,
-                            task_params={**task_cls.defaults, **task_params}, solver=solver.name,
+                            task_params={**task_info.defaults, **task_params}, solver=solver.name,
                             solver_label=solver.key,
-                            solver_params={**registry.solver(solver.name).cls.defaults, **solver_params},
+                            solver_params={**registry.solver(solver.name).info.defaults, **solver_params},
                             seed=int(seed), device=device_type, dtype=suite.dtype, timeout=float(timeout),
                             threads=suite.threads, metrics=tuple(suite.metrics) if suite.metrics else None,
                             budget=budget_name(device_type) if budget else "default",
