@@ -5,9 +5,14 @@
   its timeout, or whose worker dies (segfault, OOM killer, SIGKILL), is recorded as failed and its worker
   replaced; the other runs go on.
 
-An executor is anything with ``run(specs, on_record)``; a distributed one plugs in the same way. The in-process
-executor also calls ``on_start(spec, attempt)`` before each run, so that the caller can mark the run as started
-(a run during which the process is killed is then recognised on resume).
+- ``GroupedExecutor``: what ``--jobs auto`` builds (see ``choose_executor``): runs grouped by how many threads
+  they want, each group on as many workers as the cores hold (single-thread solvers: one worker per core).
+- ``otbench.executors_ray.RayExecutor``: one Ray task per run, on a local instance or a cluster (optional extra).
+
+An executor is anything with ``run(specs, on_record, on_start=None)``; a distributed one plugs in the same way.
+The in-process executor calls ``on_start(spec, attempt)`` before each run, so that the caller can mark the run as
+started (a run during which the process is killed is then recognised on resume); executors whose workers are
+other processes record a dead worker themselves and ignore it.
 
 Workers exit when their parent dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread everywhere), and
 they never put the working directory on ``sys.path`` (a ``socket.py`` lying in it must not run).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -28,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from otbench.env import cpu_count
 from otbench.registry import get_registry
 from otbench.runner import execute_run, failed_record
 from otbench.suite import RunSpec
@@ -37,7 +44,7 @@ OnStart = Callable[[RunSpec, str], None]
 
 
 class Executor(Protocol):
-    def run(self, specs: list[RunSpec], on_record: OnRecord) -> None: ...
+    def run(self, specs: list[RunSpec], on_record: OnRecord, on_start: OnStart | None = None) -> None: ...
 
 
 class InProcessExecutor:
@@ -143,11 +150,15 @@ class ProcessPoolExecutor:
     of ``solve`` (or from the assignment, while the untimed task build and ``prepare`` run); the worker's own
     alarm normally fires first."""
 
-    def __init__(self, jobs: int, grace: float = 30.0, max_idle_deaths: int = 3) -> None:
+    def __init__(self, jobs: int, grace: float = 30.0, max_idle_deaths: int = 3,
+                 max_workers: int | None = None) -> None:
         self.jobs, self.grace, self.max_idle_deaths = max(1, jobs), grace, max_idle_deaths
+        #: worker processes to start (default ``jobs``); ``jobs`` alone sets each worker's thread share
+        self.max_workers = max_workers
         self._idle_deaths = 0
 
-    def run(self, specs: list[RunSpec], on_record: OnRecord) -> None:
+    def run(self, specs: list[RunSpec], on_record: OnRecord, on_start: OnStart | None = None) -> None:
+        """Run ``specs`` on the pool (``on_start`` is not used: the pool records its dead workers itself)."""
         ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
         with _safe_path():  # creating the queue may start the resource tracker
             outbox = ctx.Queue()
@@ -158,7 +169,7 @@ class ProcessPoolExecutor:
             w = _Worker(ctx, outbox, self.jobs)
             workers[w.process.pid] = w
 
-        for _ in range(min(self.jobs, len(specs))):
+        for _ in range(min(self.max_workers or self.jobs, len(specs))):
             spawn()
         try:
             while pending or any(w.spec is not None for w in workers.values()):
@@ -217,3 +228,121 @@ class ProcessPoolExecutor:
                 continue
             if pending:
                 spawn()
+
+
+# -- choosing an executor from the machine -------------------------------------------------------------------
+
+EXECUTORS = ("auto", "inprocess", "process", "ray")
+
+
+def run_width(spec: RunSpec, registry: Any, cores: int | None = None) -> int:
+    """How many threads a run wants (at most ``cores``): the suite's ``threads`` if an integer, else the solver's
+    declared ``threads``, else every core (a solver without a preference gets the whole machine, as in-process)."""
+    cores = cores or cpu_count()
+    if isinstance(spec.threads, int):
+        return max(1, min(spec.threads, cores))
+    preference = registry.solver(spec.solver).cls.threads
+    return max(1, min(preference, cores)) if preference is not None else cores
+
+
+def parse_jobs(value: str | int | None) -> int | None:
+    """``--jobs``: ``auto`` (or None) -> None, else a positive integer (``ValueError`` otherwise)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--jobs must be 'auto' or a positive integer, got {value!r}") from None
+    if jobs < 1:
+        raise ValueError(f"--jobs must be 'auto' or a positive integer, got {jobs}")
+    return jobs
+
+
+class GroupedExecutor:
+    """Runs groups of runs one group after another, each with its own executor (``[(executor, specs), ...]``)."""
+
+    def __init__(self, groups: list[tuple[Any, list[RunSpec]]]) -> None:
+        self.groups = groups
+
+    def run(self, specs: list[RunSpec], on_record: OnRecord, on_start: OnStart | None = None) -> None:
+        """Run the planned groups; ``specs`` must be the runs they were planned for (any order)."""
+        planned = sorted(s.key for _, group in self.groups for s in group)
+        if sorted(s.key for s in specs) != planned:
+            raise ValueError("GroupedExecutor.run got other runs than the ones it was planned for")
+        for executor, group in self.groups:
+            executor.run(group, on_record, on_start)
+
+
+def _gpu_cap(group: list[RunSpec], registry: Any) -> int:
+    """How many CUDA runs of ``group`` may share the (first) GPU at once: ``1 / gpu_share`` of its greediest
+    solver (every local worker uses ``cuda:0``; spreading runs over several GPUs is what the Ray executor does).
+    Unlimited for CPU runs."""
+    shares = [float(getattr(registry.solver(s.solver).cls, "gpu_share", 1.0)) for s in group if s.device == "cuda"]
+    if not shares:
+        return 1 << 30
+    return max(1, math.floor(1.0 / max(shares) + 1e-9))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def choose_executor(specs: list[RunSpec], registry: Any, executor: str = "auto", jobs: int | None = None,
+                    address: str | None = None, gpu_share: float | None = None) -> tuple[Any, str]:
+    """The executor for ``specs`` and a one-line description of the choice (for the run's header line).
+
+    ``executor``: ``auto`` (Ray if ``address`` is given, else as ``jobs`` says), ``inprocess``, ``process`` or
+    ``ray``. ``jobs``: None (``--jobs auto``) groups the runs by the threads they want (``run_width``) and
+    gives each group ``cores // width`` workers: one worker per core for single-thread solvers, fewer and wider
+    workers for solvers that want threads; CUDA runs also share the one GPU the local workers use, at most
+    ``1 / gpu_share`` at once; a group with one worker (or one run) runs in-process under ``auto``.
+    An integer keeps today's meaning: 1 = in-process, N > 1 = a pool of N workers sharing the cores. With Ray,
+    an integer ``jobs`` caps the tasks in flight. Raises ``ValueError`` for contradictory choices and
+    ``ImportError`` (with the install command) when Ray is asked for but not installed.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if address is not None and executor not in ("auto", "ray"):
+        raise ValueError(f"--address connects to a Ray cluster: use it with --executor ray, not {executor!r}")
+    if gpu_share is not None and executor not in ("auto", "ray") and address is None:
+        raise ValueError("--gpu-share sets the GPUs Ray requests per run: use it with --executor ray")
+    if executor == "ray" or (executor == "auto" and (address is not None or gpu_share is not None)):
+        from otbench.executors_ray import RayExecutor
+
+        ray_executor = RayExecutor(address=address, registry=registry, gpu_share=gpu_share, max_in_flight=jobs)
+        cluster = address or os.environ.get("RAY_ADDRESS")  # Ray connects to $RAY_ADDRESS when it is set
+        where = f"cluster at {cluster}" if cluster else "local instance"
+        cap = f", at most {jobs} at once" if jobs else ""
+        share = f", {gpu_share:g} GPU per CUDA run" if gpu_share is not None else ""
+        return ray_executor, f"ray ({where}; one task per run, CPUs = its threads{share}{cap})"
+    cores = cpu_count()
+    if executor == "inprocess":
+        if jobs not in (None, 1):
+            raise ValueError(f"--executor inprocess runs one run at a time: drop --jobs {jobs} or use "
+                             "--executor process")
+        return InProcessExecutor(registry), "in-process"
+    if jobs is not None:
+        if jobs == 1 and executor == "auto":
+            return InProcessExecutor(registry), "in-process (--jobs 1)"
+        return ProcessPoolExecutor(jobs), f"process pool, {_plural(jobs, 'worker')} sharing {_plural(cores, 'core')}"
+    by_width: dict[int, list[RunSpec]] = {}
+    for spec in specs:
+        by_width.setdefault(run_width(spec, registry, cores), []).append(spec)
+    groups: list[tuple[Any, list[RunSpec]]] = []
+    parts = []
+    for width in sorted(by_width):
+        group = by_width[width]
+        per_core = max(1, cores // width)
+        workers = min(per_core, len(group), _gpu_cap(group, registry))
+        if workers == 1 and executor == "auto":
+            groups.append((InProcessExecutor(registry), group))
+            parts.append(f"in-process, {_plural(width, 'thread')} ({_plural(len(group), 'run')})")
+        else:
+            # the pool's size sets each worker's thread share (cores // jobs): keep it at the per-core count,
+            # and start no more workers than the group (and the GPU) can use
+            groups.append((ProcessPoolExecutor(per_core, max_workers=workers), group))
+            parts.append(f"process pool, {_plural(workers, 'worker')} x {_plural(width, 'thread')} "
+                         f"({_plural(len(group), 'run')})")
+    if len(groups) == 1:
+        return groups[0][0], f"{parts[0]} on {_plural(cores, 'core')} (--jobs auto)"
+    return GroupedExecutor(groups), f"{' then '.join(parts)} on {_plural(cores, 'core')} (--jobs auto)"
