@@ -107,8 +107,9 @@ def test_a_nan_metric_is_not_hidden_inside_n_seeds():
     notes: list[str] = []
     board = leaderboard(recs, notes)
     row = board.iloc[0]
-    # n_seeds counts the three successful runs; the mean is over the two that have a value, and says so
-    assert row.n_seeds == 3 and row.err_mean == 2.0 and row.err_n == 2
+    # n_ok counts the three successful runs, n_seeds the two finite values of the primary metric (issue 12); the
+    # mean is over the two that have a value, and says so
+    assert row.n_ok == 3 and row.n_seeds == 2 and row.err_mean == 2.0 and row.err_n == 2
     assert any("missing (NaN) on some successful seeds" in n for n in notes)
 
 
