@@ -16,6 +16,26 @@ MLP ``[D, w, w, 1]`` with ``w = max(2D, 128)`` (``width: null``), batch 1024, le
 (0, 0.9) (Adam defaults for SO); iterations 5k (WC), 60k (GP, LP), 10k (SN), 25k (SO). CPU suites pass
 smaller iteration counts and must say so.
 
+Checked against the authors' code (github.com/justkolesov/Wasserstein1Benchmark: src/models.py, src/methods.py,
+notebooks/test_nd.ipynb; read, not copied):
+
+- Iteration counts: the repository holds two versions of the notebook. 6ae670b has the counts above; 0af1e05
+  has GP/LP 40k, SN 5k, SO 15k, and its printed D=16, N=16 table equals the released per-cell CSV of that
+  cell, so at least that published cell was trained with the smaller counts (``published_metrics.py``). The
+  defaults keep the counts above (the longer of the two schedules).
+- WC: only weights are clamped (``Clipper`` on ``weight``), +-0.04, as here; the authors clamp before every
+  forward pass, we clamp after every step (the first step's forward differs).
+- GP / LP: lambda 10 on ``(|grad| - 1)^2`` / ``relu(|grad| - 1)^2`` at interpolates ``t y + (1 - t) x`` with
+  one t per pair, as here.
+- SN: the published layer computes sigma from detached tensors (no gradient through sigma) and advances the
+  power method on every forward pass (x and y go through separately, so 2 x 5 steps per training step); the
+  textbook SN (gradient through sigma) is the default here, ``sigma_grad: false`` is the published one.
+- SO: published weights are exactly orthogonal through ``geotorch.orthogonal`` (a manifold parametrisation),
+  GroupSort with one group (a full sort, descending); ours are Bjorck-orthonormalised raw weights with a
+  full sort (ascending: a fixed permutation, absorbed by the next orthogonal layer).
+- Adam betas: the optimiser cells of the notebook were not located in the copy read here (they sit between
+  embedded figures); (0, 0.9) for WC/GP/LP/SN is the design document's reading, unverified against the code.
+
 The W1 estimate is ``mean f(x) - mean f(y)`` on ``eval_samples`` fresh draws from the solver's own samplers
 after training. The returned critic is evaluated with the weights training ended with: SN and SO layers are
 *frozen* after training (the normalised / orthonormalised weight is computed once, with exactly the
@@ -162,9 +182,10 @@ class SpectralLinear(_FreezableLinear):
     method once more instead (what the next training step would use).
     """
 
-    def __init__(self, fan_in: int, fan_out: int, power_iterations: int = 5) -> None:
+    def __init__(self, fan_in: int, fan_out: int, power_iterations: int = 5, sigma_grad: bool = True) -> None:
         super().__init__(fan_in, fan_out)
         self.power_iterations = int(power_iterations)
+        self.sigma_grad = bool(sigma_grad)
         self.register_buffer("u", F.normalize(torch.randn(fan_out), dim=0, eps=1e-12))
         self.register_buffer("v", F.normalize(torch.randn(fan_in), dim=0, eps=1e-12))
 
@@ -180,7 +201,9 @@ class SpectralLinear(_FreezableLinear):
         return torch.dot(self.u.clone(), self.weight @ self.v.clone())
 
     def effective_weight(self) -> torch.Tensor:
-        return self.weight / self.sigma()
+        sigma = self.sigma()
+        # sigma_grad=False: sigma is a constant for autograd (the published benchmark's SN layer)
+        return self.weight / (sigma if self.sigma_grad else sigma.detach())
 
     def freeze(self, exact: bool = True) -> None:
         if exact:
@@ -501,13 +524,28 @@ class LipschitzPenalty(_DualCritic):
 
 
 class SpectralNorm(_DualCritic):
-    """SN critic (Miyato et al. 2018): every Linear layer divided by its power-iteration spectral norm."""
+    """SN critic (Miyato et al. 2018): every Linear layer divided by its power-iteration spectral norm.
+
+    ``sigma_grad`` chooses between two methods that share the name. ``true`` (default) is the textbook SN of
+    Miyato et al. (and ``torch.nn.utils.spectral_norm``): the gradient flows through ``sigma = u^T W v`` as
+    well as through ``W``. ``false`` is the published benchmark's SN layer (Kantorovich Strikes Back
+    repository, src/models.py ``Spectralnorm``: sigma computed from ``.data``, so no gradient through it),
+    the like-for-like counterpart of the published "sn-gan" row. With sigma detached the critic collapses
+    towards rank one and reproduces the published cos; with gradient through sigma it does far better.
+    Measured on the published pairs (CPU settings lr 1e-3, batch 256, 2000 steps, seed 0): D=16, N=64 cos
+    .159 detached vs .388 textbook (published .163); D=128, N=4 .381 vs .671 (published .370); issue 12
+    reports D=16, N=4 .36 detached vs .78 textbook (published .35).
+    """
 
     name = "wgan_sn"
-    defaults = {**_COMMON, "iterations": 10_000, "power_iterations": 5, "final_sigma": "exact"}
+    defaults = {**_COMMON, "iterations": 10_000, "power_iterations": 5, "final_sigma": "exact",
+                "sigma_grad": True}
 
     def check_params(self) -> None:
         super().check_params()
+        if not isinstance(self.params["sigma_grad"], bool):
+            raise InvalidInput(f"wgan_sn: 'sigma_grad' must be true (textbook SN: gradient through sigma) or "
+                               f"false (published: sigma detached), got {self.params['sigma_grad']!r}")
         if self.params["final_sigma"] not in ("exact", "power"):
             raise InvalidInput(f"wgan_sn: 'final_sigma' must be 'exact' (SVD of the final weights) or 'power' "
                                f"(one more power-method step), got {self.params['final_sigma']!r}")
@@ -517,8 +555,9 @@ class SpectralNorm(_DualCritic):
 
     def build(self, dim: int) -> nn.Module:
         w, k = self.width(dim), int(self.params["power_iterations"])
+        sg = bool(self.params["sigma_grad"])
         return mlp([dim] + [w] * int(self.params["depth"]) + [1],
-                   linear=lambda i, o: SpectralLinear(i, o, k))
+                   linear=lambda i, o: SpectralLinear(i, o, k, sg))
 
     def finish(self, net: nn.Module) -> dict[str, float]:
         layers = [m for m in net.modules() if isinstance(m, SpectralLinear)]
@@ -529,7 +568,18 @@ class SpectralNorm(_DualCritic):
 
 
 class GroupSortSO(_DualCritic):
-    """GroupSort network with Bjorck-orthonormalised weights (Anil et al. 2019, "sort-out")."""
+    """GroupSort network with Bjorck-orthonormalised weights (Anil et al. 2019, "sort-out").
+
+    Open discrepancy (issue 12): on the published D=128, N=4 pair the published "sort-out" row has cos .931
+    (15k steps, lr 2e-4, batch 1024, GPU); CPU runs here (lr 1e-3, batch 256, seed 0, published pair) reach
+    .724 (600 steps), .743 (1000), .756 (3000). Measured, one change at a time at 1000 steps: lr 3e-4
+    .740 (not step noise); Bjorck leaves weights 4e-7 from orthonormal with 8 iterations and the gradient norm
+    on P is .999 (not Bjorck convergence, not a loss of gradient norm); the raw weights' spectral norms grow
+    from 1 to 2.7 / 2.4 / 1.1 (shrinking the effective step), but re-projecting them after every step gives
+    .736 at 1000 and .743 at 3000 (not that either); GroupSort with groups of 2 (MaxMin) gives .828 (the
+    published net is a full sort, as here). Remaining differences: the published orthogonal parametrisation
+    (geotorch) and 15-60x more samples. Not resolved.
+    """
 
     name = "groupsort_so"
     defaults = {**_COMMON, "iterations": 25_000, "betas": (0.9, 0.999), "group_size": None,

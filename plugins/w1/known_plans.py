@@ -12,7 +12,8 @@ gradient at ``x`` is ``-grad u(x)``.
 Two independently constructed potentials:
 
 - ``min_funnel``: ``u(x) = min_n |x - a_n| + b_n`` (the published benchmark). ``low`` is the active centre.
-  Pairs are generated from ``pair_seed`` or loaded from a published parameter file (``pairs_file``, a torch
+  Pairs are generated from ``pair_seed`` (``pairs: generated``), taken from the 28 published pairs shipped in
+  ``published/pairs`` (``pairs: published``), or loaded from a parameter file (``pairs_file``, a torch
   state_dict with ``net.centers`` [N, D] and ``net.bias`` [N]; ``{dim}`` and ``{funnels}`` in the path are
   filled in from the task parameters).
 - ``maxmin_net``: seed 003's strongly 1-Lipschitz network, ``u(x) = max_g min_j <w_gj, x> + c_gj`` with unit
@@ -419,6 +420,11 @@ class _KnownPlanTask(Task):
         return problem, truth
 
 
+#: the published pair files shipped with this package (Korotin et al. 2022; MIT licence in published/LICENSE.md)
+PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
+PUBLISHED_GRID = frozenset((d, n) for d in (2, 4, 8, 16, 32, 64, 128) for n in (4, 16, 64, 256))
+
+
 def load_funnel_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a published MinFunnel parameter file: ``(centres [N, D], offsets [N])`` in float64."""
     path = Path(path).expanduser()
@@ -431,12 +437,51 @@ def load_funnel_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return state["net.centers"].to(F64), state["net.bias"].to(F64)
 
 
+def published_pair_file(dim: int, funnels: int) -> Path:
+    """The shipped parameter file of the published pair ``(dim, funnels)`` (Korotin et al. 2022, MIT licence;
+    see ``published/README.md``); ``InvalidInput`` naming the published grid for any other pair."""
+    if (int(dim), int(funnels)) not in PUBLISHED_GRID:
+        raise InvalidInput(
+            f"min_funnel: pairs='published' has no pair for dim={dim}, funnels={funnels}; the published set is "
+            f"dim in {sorted({d for d, _ in PUBLISHED_GRID})} x funnels in {sorted({n for _, n in PUBLISHED_GRID})}")
+    path = PUBLISHED_DIR / "pairs" / f"dim_{int(dim)}_width_{int(funnels)}.pt"
+    if not path.is_file():  # a broken installation, not a user error
+        raise OTBenchError(f"min_funnel: the shipped published pair file {str(path)!r} is missing")
+    return path
+
+
 class MinFunnelPair(_KnownPlanTask):
-    """MinFunnel W1 pair with a known optimal plan (Korotin et al. 2022): generated from a seed or loaded."""
+    """MinFunnel W1 pair with a known optimal plan (Korotin et al. 2022): generated from a seed or loaded.
+
+    ``pairs``: ``"generated"`` (default: centres and offsets drawn from ``pair_seed``) or ``"published"`` (the
+    authors' 28 pair files for D in {2, 4, ..., 128} x N in {4, 16, 64, 256}, shipped in ``published/pairs``
+    with their MIT licence; ``pair_seed`` and ``offset_scale`` are then unused, and a (dim, funnels) outside
+    that grid is an error). ``pairs_file`` (a path, ``{dim}`` / ``{funnels}`` filled in; only with
+    ``pairs="generated"``) loads any other file of the same format instead of generating. Only published
+    pairs have published reference metrics (``published``); generated pairs are other pairs, with none.
+    """
 
     name = "min_funnel"
-    defaults = {"dim": 2, "funnels": 4, "pair_seed": 0, "pairs_file": None, "box": 2.5, "power": 8,
-                "offset_scale": 0.1, "truth_samples": 131072}
+    defaults = {"dim": 2, "funnels": 4, "pairs": "generated", "pair_seed": 0, "pairs_file": None, "box": 2.5,
+                "power": 8, "offset_scale": 0.1, "truth_samples": 131072}
+
+    def _pairs_mode(self) -> str:
+        mode = self.params["pairs"]
+        if mode not in ("generated", "published"):
+            raise InvalidInput(f"min_funnel: pairs must be 'generated' or 'published', got {mode!r}")
+        if mode == "published" and self.params["pairs_file"]:
+            raise InvalidInput("min_funnel: give either pairs='published' or a pairs_file, not both")
+        if mode == "published" and (float(self.params["box"]) != 2.5 or float(self.params["power"]) != 8):
+            raise InvalidInput(f"min_funnel: the published pairs use box=2.5 and power=8; got box="
+                               f"{self.params['box']!r}, power={self.params['power']!r}")
+        return mode
+
+    def published(self, solver: str, solver_params: dict[str, Any]) -> dict[str, Any] | None:
+        """The authors' per-cell metrics of the like-for-like published method, for published pairs only."""
+        if self.params["pairs"] != "published" or self.params["pairs_file"]:
+            return None
+        from otbench_plugins.w1.published_metrics import published_reference
+        return published_reference(int(self.params["dim"]), int(self.params["funnels"]), solver, solver_params)
 
     def _make_potential(self) -> MinFunnel:
         dim, box, power = _check_common(self.params, self.name)
@@ -444,7 +489,9 @@ class MinFunnelPair(_KnownPlanTask):
         if int(funnels) != funnels or int(funnels) < 1:
             raise InvalidInput(f"min_funnel: funnels must be a positive integer, got {funnels!r}")
         funnels = int(funnels)
-        if self.params["pairs_file"]:
+        if self._pairs_mode() == "published":
+            centres, offsets = load_funnel_file(published_pair_file(dim, funnels))
+        elif self.params["pairs_file"]:
             # plain substitution, not str.format: a format field like {dim.__class__} must not be evaluated
             path = str(self.params["pairs_file"]).replace("{dim}", str(dim)).replace("{funnels}", str(funnels))
             centres, offsets = load_funnel_file(path)
