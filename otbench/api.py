@@ -271,6 +271,17 @@ class Task(_Component):
         """Return the problem a solver sees and the truth the metrics use, both reproducible from ``seed``."""
         raise NotImplementedError
 
+    def published(self, solver: str, solver_params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Published reference numbers for this task cell and a solver, or None (the default: none known).
+
+        A task built on a published benchmark may return ``{"source": str, "method": str, "metrics":
+        {metric_output_name: float}}``: the values the source reports for its method that matches
+        ``solver`` with ``solver_params`` like for like (extra keys, e.g. ``"differences"``: the run's settings
+        that differ from the published training budget, and ``"note"``, are allowed). The runner stores it in the
+        run record under ``"published"``; a reference value is shown beside a result and never ranked.
+        """
+        return None
+
 
 class Solver(_Component):
     """Turns a Problem into a Solution.
@@ -287,6 +298,9 @@ class Solver(_Component):
     #: optional per-kind refinement of ``provides`` when a solver returns different parts per problem kind
     provides_by_kind: ClassVar[Mapping[str, frozenset[str]]] = {}
     threads: ClassVar[int | None] = None
+    #: share of one GPU a run of this solver needs on CUDA (fractional: several small critics can share a GPU
+    #: under a scheduler such as the Ray executor, which asks for ``num_gpus=gpu_share``); 1.0 = a whole GPU
+    gpu_share: ClassVar[float] = 1.0
     #: what one point may be: ``"any"`` (flat vectors of any shape), ``"vectors"`` or ``"images"`` (see INPUT_FORMS)
     inputs: ClassVar[str] = "any"
 

@@ -67,12 +67,14 @@ def _max_runs(value: int | None) -> int:
     return value if value is not None else DEFAULT_MAX_RUNS
 
 
-def _load_and_validate(suite_path: Path, registry, max_runs: int | None = None):
+def _load_and_validate(suite_path: Path, registry, max_runs: int | None = None, construct: bool = True):
+    """Load and validate a suite (exit 2 with the problems if invalid). ``construct=False`` checks the
+    components' declarations only, importing no plugin (see ``validate --deep``)."""
     from otbench.suite import SuiteError, load_suite, validate_suite
 
     try:
         suite = load_suite(suite_path)
-        validate_suite(suite, registry, suite_path, max_runs=_max_runs(max_runs))
+        validate_suite(suite, registry, suite_path, max_runs=_max_runs(max_runs), construct=construct)
     except SuiteError as exc:
         error(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
@@ -83,22 +85,33 @@ def _load_and_validate(suite_path: Path, registry, max_runs: int | None = None):
 def validate(suite_path: Path = typer.Argument(..., help="suite YAML file"),
              device: Optional[str] = typer.Option(None, help="plan for this device type: cpu or cuda"),
              plugin_module: list[str] = PLUGIN_OPTION,
-             max_runs: Optional[int] = MAX_RUNS_OPTION) -> None:
-    """Check a suite (schema, names, parameters, budgets) and count its runs, without running any solver."""
-    from otbench.suite import plan_runs
+             max_runs: Optional[int] = MAX_RUNS_OPTION,
+             deep: bool = typer.Option(False, "--deep",
+                                       help="also construct each distinct configuration once, so that checks a "
+                                            "plugin makes in its __init__ run too (imports the plugins: seconds); "
+                                            "`run` always does this")) -> None:
+    """Check a suite (schema, names, parameters, budgets) and count its runs, without running any solver.
+
+    By default it reads the components' declarations (defaults, parameter rules, capabilities) and imports no
+    plugin, so it answers at once; --deep also constructs every configuration, as `run` does before running.
+    """
+    from otbench.suite import count_runs
 
     if device is not None and device not in ("cpu", "cuda"):
         error(f"--device must be cpu or cuda, got {device!r}")
         raise typer.Exit(EXIT_INVALID)
     registry = _registry(plugin_module)
-    suite = _load_and_validate(suite_path, registry, max_runs)
+    suite = _load_and_validate(suite_path, registry, max_runs, construct=deep)  # this plans both budgets
     for dev in [device] if device else ["cpu", "cuda"]:
-        runs = plan_runs(suite, registry, dev, max_runs=_max_runs(max_runs))
-        out.print(escape(f"{suite_path}: valid; {len(runs)} runs on {dev} "
+        runs = count_runs(suite, dev)  # what plan_runs would make, without making them again
+        out.print(escape(f"{suite_path}: valid; {runs} runs on {dev} "
                          f"({len(suite.tasks)} task entries, {len(suite.solvers)} solver entries)"), highlight=False)
         if not runs:
             error(f"{suite_path}: the {dev} budget expands to no runs")
             raise typer.Exit(EXIT_INVALID)
+    if not deep:
+        console.print("checked against the declared parameters; --deep also constructs each configuration "
+                      "(the plugins' own __init__ checks)", highlight=False)
 
 
 def _stale(specs: list, latest: dict[str, dict]) -> list:
@@ -144,7 +157,18 @@ def _changed_parts(specs: list, latest: dict[str, dict]) -> str:
 def run(
     suite_path: Path = typer.Argument(..., help="suite YAML file"),
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="default: results/<suite>/<device>"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="worker processes (1 = in-process)"),
+    jobs: str = typer.Option("auto", "--jobs", "-j",
+                             help="runs at once: auto (from the cores and each solver's threads: one worker per core "
+                                  "for single-thread solvers) or N (1 = in-process; N > 1 = N worker processes; "
+                                  "with Ray: at most N tasks in flight)"),
+    executor_name: str = typer.Option("auto", "--executor",
+                                      help="auto, inprocess, process or ray (Ray: pip install -e '.\\[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="run on this Ray cluster (ray://HOST:10001, HOST:6379 or auto); "
+                                               "implies --executor ray"),
+    gpu_share: Optional[float] = typer.Option(None, "--gpu-share",
+                                              help="Ray: GPUs each CUDA run asks for (0.25 = four runs per GPU); "
+                                                   "default: each solver's declared gpu_share"),
     force: bool = typer.Option(False, "--force", help="rerun every run, done or failed"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun the runs that failed before"),
     keep_stale: bool = typer.Option(False, "--keep-stale",
@@ -160,7 +184,8 @@ def run(
     plugin source code changed since its record was made is rerun (unless --keep-stale).
     """
     from otbench.env import resolve_device
-    from otbench.executors import InProcessExecutor, ProcessPoolExecutor
+    from otbench.executors import choose_executor, parse_jobs
+    from otbench.executors_ray import RayUnavailable, cluster_device
     from otbench.report import write_report
     from otbench.runner import base_record
     from otbench.store import ResultStore, StoreError, StoreLocked
@@ -169,14 +194,25 @@ def run(
     registry = _registry(plugin_module)
     suite = _load_and_validate(suite_path, registry, max_runs)
     try:
-        dev = resolve_device(device or suite.device)
-    except (RuntimeError, ValueError) as exc:
+        import torch
+
+        # a suite sent to a Ray cluster runs where the cluster's GPUs are, even from a driver without one
+        on_cluster = (executor_name == "ray" or address is not None) and not torch.cuda.is_available()
+        remote = cluster_device(device or suite.device, address) if on_cluster else None
+        dev = torch.device(remote) if remote else resolve_device(device or suite.device)
+    except (RuntimeError, ValueError, ImportError) as exc:
         error(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
     specs = plan_runs(suite, registry, dev.type, max_runs=_max_runs(max_runs))
     if not specs:
         error(f"{suite_path}: the suite expands to no runs on {dev.type}")
         raise typer.Exit(EXIT_INVALID)
+    try:  # check the executor options (and that Ray is installed) before touching the results directory
+        n_jobs = parse_jobs(jobs)
+        choose_executor(specs, registry, executor_name, n_jobs, address, gpu_share)
+    except (ValueError, ImportError) as exc:
+        error(str(exc))
+        raise typer.Exit(EXIT_INVALID) from None
     directory = results_dir or Path("results") / suite.name / dev.type
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     interrupted = False
@@ -214,13 +250,15 @@ def run(
             todo = [s for s in specs if statuses.get(s.key) not in keep or s.key in stale_keys]
             todo_keys = {s.key for s in todo}
             n_failed_kept = sum(1 for s in specs if statuses.get(s.key) == "failed" and s.key not in todo_keys)
+            executor, how = choose_executor(todo, registry, executor_name, n_jobs, address, gpu_share) if todo \
+                else (None, "")
             console.print(f"{escape(suite.name)}: {len(specs)} runs on {dev} "
                           f"(budget {specs[0].budget}); {len(specs) - len(todo)} already done, {len(todo)} to run "
-                          f"-> {escape(str(directory))}", highlight=False)
+                          f"-> {escape(str(directory))}" + (f"; executor: {escape(how)}" if todo else ""),
+                          highlight=False)
             if n_failed_kept:
                 console.print(f"{n_failed_kept} of the done runs failed before; pass --retry-failed to run them again",
                               highlight=False)
-            executor = ProcessPoolExecutor(jobs) if jobs > 1 else InProcessExecutor(registry)
             signal.signal(signal.SIGTERM, on_term)
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("ok {task.fields[ok]} failed {task.fields[failed]} skipped {task.fields[skipped]}"),
@@ -248,17 +286,18 @@ def run(
                     progress.update(bar, advance=1, **counts)
 
                 try:
-                    if isinstance(executor, InProcessExecutor):
+                    if executor is not None:
                         executor.run(todo, on_record, on_start)
-                    else:
-                        executor.run(todo, on_record)
                 except KeyboardInterrupt:
                     interrupted = True
+                except RayUnavailable as exc:
+                    error(str(exc))
+                    raise typer.Exit(EXIT_INVALID) from None
             signal.signal(signal.SIGTERM, previous_term)
             store.clear_started()  # every run of this session ended (or was stopped cleanly): none died
             try:
                 notes: list[str] = []
-                csv_path, md_path, board = write_report(directory, notes=notes)
+                csv_path, md_path, board = write_report(directory, notes=notes, html=True)
                 early = store.problems.describe(store.path) if store.problems else None
                 for note in notes:
                     if note != early:  # the skipped-lines warning was already printed before the runs
@@ -277,7 +316,8 @@ def run(
     finally:
         signal.signal(signal.SIGTERM, previous_term)
     _print_board(board)
-    console.print(f"leaderboard: {escape(str(csv_path))}\nsummary: {escape(str(md_path))}", highlight=False)
+    console.print(f"leaderboard: {escape(str(csv_path))}\nsummary: {escape(str(md_path))}"
+                  + _html_line(csv_path.parent), highlight=False)
     if interrupted:
         console.print(f"[yellow]interrupted:[/] {sum(counts.values())} runs finished in this session are saved; "
                       "run the same command again to resume.")
@@ -356,9 +396,9 @@ def list_components(what: Optional[str] = typer.Argument(None, help="solvers, ta
         for col in cols:
             table.add_column(col, overflow="fold")
         for key, entry in sorted(table_data.items()):
-            row = [key, entry.plugin, entry.cls.describe()]
+            row = [key, entry.plugin, entry.info.describe()]  # declarations: no plugin is imported
             if name == "metrics":
-                row.insert(2, _metric_needs(entry.cls))
+                row.insert(2, _metric_needs(entry.info))
             table.add_row(*(escape(str(c)) for c in row))
         out.print(table)
 
@@ -375,10 +415,10 @@ def describe_component(registry, name: str) -> str | None:
         return None
     blocks = []
     for kind, entry in found:
-        cls = entry.cls
+        cls = entry.info  # the class, or its declaration while the plugin is not imported
         version = f"; version {cls.version!r}" if getattr(cls, "version", None) else ""
-        lines = [f"{kind} {name}  (plugin {entry.plugin}; class {cls.__module__}.{cls.__qualname__}{version})", ""]
-        lines += [inspect.cleandoc(cls.__doc__ or "(no docstring)"), ""]
+        lines = [f"{kind} {name}  (plugin {entry.plugin}; class {entry.class_path}{version})", ""]
+        lines += [inspect.cleandoc(entry.doc or "(no docstring)"), ""]
         if kind == "metric":
             lines.append(f"needs: {_metric_needs(cls) or 'nothing'}")
             lines.append("outputs: " + ", ".join(f"{k} ({v})" for k, v in dict(cls.outputs).items()))
@@ -416,14 +456,40 @@ def show(name: str = typer.Argument(..., help="a solver, task or metric name"),
 
 
 @app.command()
-def plugins(plugin_module: list[str] = PLUGIN_OPTION) -> None:
-    """Show loaded plugins (with versions) and plugins that failed to load."""
+def plugins(plugin_module: list[str] = PLUGIN_OPTION,
+            import_all: bool = typer.Option(False, "--import",
+                                            help="import every plugin now, to report those that fail to import"),
+            write_manifest: bool = typer.Option(False, "--write-manifest",
+                                                help="regenerate the built-in plugins' declaration manifest "
+                                                     "(otbench_plugins/_manifest.json) and exit")) -> None:
+    """Show plugins (with versions) and plugins that failed to load.
+
+    A plugin whose declaration record is up to date is registered without being imported (status
+    "declared"); it is imported on first use of one of its classes. --import imports them all now.
+    """
+    if write_manifest:
+        from otbench.registry import write_builtin_manifest
+
+        try:
+            path = write_builtin_manifest()
+        except Exception as exc:  # noqa: BLE001 - a plugin that fails to import: say which
+            error(f"cannot write the built-in manifest: {type(exc).__name__}: {exc}")
+            raise typer.Exit(EXIT_INVALID) from None
+        out.print(escape(f"wrote {path}"), highlight=False)
+        return
     registry = _registry(plugin_module)
+    if import_all:
+        n_failed = len(registry.failures)
+        registry.load_all()
+        for failure in registry.failures[n_failed:]:
+            warning(f"plugin {failure.plugin!r} failed to load: {failure.error}")
     table = Table(title="plugins")
     for col in ("plugin", "distribution", "version", "status"):
         table.add_column(col, overflow="fold")
     for name, (dist, version) in sorted(registry.plugins.items()):
-        table.add_row(escape(name), escape(dist or ""), escape(version or ""), "loaded")
+        loader = registry.loaders.get(name)
+        status = "loaded" if registry.imported(name) else "failed" if loader.error else "declared"
+        table.add_row(escape(name), escape(dist or ""), escape(version or ""), status)
     for failure in registry.failures:
         table.add_row(escape(failure.plugin), "", "", escape(f"FAILED: {failure.error}"))
     out.print(table)
@@ -443,13 +509,24 @@ def new_plugin(name: str = typer.Argument(..., help="distribution name, e.g. otb
     out.print(escape(f"created {root}: pip install -e {root} && pytest {root}"), highlight=False)
 
 
+def _html_line(directory: Path) -> str:
+    """An ``html: PATH`` line when the report page exists (a failure to make it was already warned about)."""
+    from otbench.report import HTML_FILE
+
+    page = directory / HTML_FILE
+    return f"\nhtml: {escape(str(page))}" if page.exists() else ""
+
+
 @app.command()
 def report(directory: Path = typer.Argument(..., help="a results directory"),
            suite_path: Optional[Path] = typer.Option(None, "--suite", help="keep only the runs this suite plans now"),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="write the report here instead"),
+           html: bool = typer.Option(False, "--html", help="also write report.html: one self-contained offline "
+                                     "page (pivot tables, plots, leaderboard; `run` writes it by default)"),
            plugin_module: list[str] = PLUGIN_OPTION,
            max_runs: Optional[int] = MAX_RUNS_OPTION) -> None:
-    """Rebuild leaderboard.csv and summary.md from the records in DIRECTORY (partial runs too).
+    """Rebuild leaderboard.csv and summary.md (and report.html with --html) from the records in DIRECTORY
+    (partial runs too).
 
     Records of different code versions of a task or solver are kept in separate rows, never averaged.
     """
@@ -472,7 +549,7 @@ def report(directory: Path = typer.Argument(..., help="a results directory"),
                                                                           max_runs=_max_runs(max_runs))}
     notes: list[str] = []
     try:
-        csv_path, md_path, board = write_report(directory, keys=keys, out_dir=out_dir, notes=notes)
+        csv_path, md_path, board = write_report(directory, keys=keys, out_dir=out_dir, notes=notes, html=html)
     except OSError as exc:
         error(f"cannot write the report to {out_dir or directory}: {exc.strerror or exc}; "
               "pass --out DIR to write it elsewhere")
@@ -480,7 +557,8 @@ def report(directory: Path = typer.Argument(..., help="a results directory"),
     for note in notes:
         warning(note)
     _print_board(board)
-    console.print(f"leaderboard: {escape(str(csv_path))}\nsummary: {escape(str(md_path))}", highlight=False)
+    console.print(f"leaderboard: {escape(str(csv_path))}\nsummary: {escape(str(md_path))}"
+                  + (_html_line(csv_path.parent) if html else ""), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

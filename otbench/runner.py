@@ -111,6 +111,7 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
     torch.set_num_threads(threads)
     record["plugins"] = {"task": [task_entry.plugin, task_entry.version], "solver": [solver_entry.plugin, solver_entry.version]}
     record["primary_metric"] = list(task_entry.cls.primary_metric)
+    task = None
     try:
         device = resolve_device(spec.device)
         record["env"] = environment(device, threads)
@@ -172,7 +173,23 @@ def execute_run(spec: RunSpec, registry: Registry, jobs: int = 1, enforce_timeou
     except Exception as exc:
         prefix = "out of memory: " if _is_allocation_failure(exc) else ""
         record.update(status="failed", error=f"{prefix}{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    if task is not None and record["status"] != "skipped":
+        _attach_published(record, task, spec)
     return _finish(record)
+
+
+def _attach_published(record: dict[str, Any], task: Any, spec: RunSpec) -> None:
+    """Store ``task.published(solver, params)`` (a reference row, never ranked) under ``record["published"]``.
+
+    A task that cannot say never fails the run: an exception there becomes a warning in the record.
+    """
+    try:
+        ref = task.published(spec.solver, dict(spec.solver_params))
+    except Exception as exc:  # noqa: BLE001 - reference numbers are optional by design
+        record.setdefault("warnings", []).append(f"task.published raised {type(exc).__name__}: {exc}")
+        return
+    if ref is not None:
+        record["published"] = ref
 
 
 def _contract_warnings(solver_cls: type, kind: str, solution: Solution) -> list[str]:
