@@ -188,8 +188,15 @@ def _attach_published(record: dict[str, Any], task: Any, spec: RunSpec) -> None:
     except Exception as exc:  # noqa: BLE001 - reference numbers are optional by design
         record.setdefault("warnings", []).append(f"task.published raised {type(exc).__name__}: {exc}")
         return
-    if ref is not None:
-        record["published"] = ref
+    if ref is None:
+        return
+    from otbench.testing import published_problems
+
+    problems = published_problems(ref)
+    if problems:  # a malformed reference is dropped, loudly: it must not reach the report half-valid
+        record.setdefault("warnings", []).append("task.published ignored: " + "; ".join(problems))
+        return
+    record["published"] = ref
 
 
 def _contract_warnings(solver_cls: type, kind: str, solution: Solution) -> list[str]:

@@ -15,7 +15,7 @@ problem's device; that the same seed gives the same answer; and that an unsuppor
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -336,11 +336,37 @@ def _shared_rows(a: torch.Tensor, b: torch.Tensor) -> int:
     return sum(row.tobytes() in seen for row in b.detach().cpu().reshape(b.shape[0], -1).numpy())
 
 
+def published_problems(ref: Any) -> list[str]:
+    """What is wrong with a ``Task.published`` answer (empty when it is None or well formed)."""
+    if ref is None:
+        return []
+    if not isinstance(ref, Mapping):
+        return [f"published(...) must return None or a dict, got {type(ref).__name__}"]
+    errors = [f"published(...)[{key!r}] must be a non-empty string"
+              for key in ("source", "method") if not (isinstance(ref.get(key), str) and ref.get(key))]
+    metrics = ref.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        errors.append("published(...)['metrics'] must be a non-empty {metric name: number} dict")
+    else:
+        errors += [f"published(...)['metrics'][{k!r}] = {v!r} is not a finite number" for k, v in metrics.items()
+                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))
+                   or not math.isfinite(v)]
+    return errors
+
+
 def check_task(task_cls: type[Task], params: Mapping[str, Any] | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
-    """Check ``task_cls``: a seeded build gives identical problems, truth stays out of the Problem."""
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               published_for: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> list[str]:
+    """Check ``task_cls``: a seeded build gives identical problems, truth stays out of the Problem.
+
+    ``published_for``: (solver name, solver params) pairs whose ``Task.published`` answer must be well formed
+    (None, or ``{"source", "method", "metrics": {name: finite number}}``).
+    """
     params = dict(params or {})
     errors: list[str] = []
+    for solver_name, solver_params in published_for:
+        errors += [f"{task_cls.name}: {solver_name}: {e}"
+                   for e in published_problems(task_cls(**params).published(solver_name, dict(solver_params)))]
     name = task_cls.name or task_cls.__name__
     device = torch.device(device)
     p1, t1 = task_cls(**params).build(0, device, dtype)

@@ -143,6 +143,25 @@ def test_runner_attaches_the_reference_and_survives_a_failing_task_published():
     _attach_published(rec, Broken(), _spec("exact_lp", {}, task_params))
     assert "published" not in rec and "no table" in rec["warnings"][0]
 
+    class Malformed:  # a NaN value, no source: must not reach the report half-valid
+        def published(self, solver, params):
+            return {"method": "x", "metrics": {"grad_cos": float("nan")}}
+
+    rec = {"status": "ok"}
+    _attach_published(rec, Malformed(), _spec("exact_lp", {}, task_params))
+    assert "published" not in rec and "source" in rec["warnings"][0] and "grad_cos" in rec["warnings"][0]
+
+
+def test_min_funnel_published_answers_pass_the_conformance_kit():
+    from otbench.testing import check_task, published_problems
+    from otbench_plugins.w1.known_plans import MinFunnelPair
+
+    check_task(MinFunnelPair, {"dim": 2, "funnels": 4, "pairs": "published", "truth_samples": 4096},
+               published_for=[("wgan_gp", {}), ("wgan_sn", {"sigma_grad": False}), ("mm_r", {"score": "mover"}),
+                              ("exact_lp", {})])
+    assert published_problems({"source": "s", "method": "m", "metrics": {"a": 1.0}}) == []
+    assert published_problems({"source": "", "method": "m", "metrics": {"a": True}})  # empty source, a bool
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # like-for-like solver variants
