@@ -20,7 +20,8 @@ whatever records exist.
 - Published values: a record may carry ``"published": {"source", "method", "metrics": {name: value}}``, the
   value a paper reports for that cell. The row then has ``published_source``, ``published_method``,
   ``<metric>_published`` and ``<metric>_published_inside`` (whether the published value lies inside our 95 %
-  interval; empty with fewer than two seeds). Published values never enter the ranking.
+  interval; empty with fewer than two seeds, or when our value does not vary with the seed, e.g. a truth).
+  Published values never enter the ranking.
 - Pivots (:func:`pivot_tables`): per task label with grid parameters, a table like a paper's: solvers x the
   axis parameter (``dim`` when it varies, else the numeric parameter with most values), one table per value of
   the other grid parameters; a cell is the primary metric's mean +- ci95, marked when its rank is 1.
@@ -243,8 +244,11 @@ def leaderboard(records: list[dict[str, Any]], notes: list[str] | None = None) -
                 row[f"{name}_published"] = value
                 half = row.get(f"{name}_ci95", math.nan)
                 mean = row.get(f"{name}_mean", math.nan)
+                # a zero-width interval (a value that does not vary with the seed, e.g. a task's truth) is no
+                # statistical interval: saying "outside" would only restate that two numbers differ
                 row[f"{name}_published_inside"] = (
-                    pd.NA if not math.isfinite(half) else bool(mean - half <= value <= mean + half))
+                    pd.NA if not (math.isfinite(half) and half > 1e-12 * max(1.0, abs(mean)))
+                    else bool(mean - half <= value <= mean + half))
         out_rows.append(row)
     board = pd.DataFrame(out_rows)
     _rank(board, primary_values)

@@ -132,6 +132,14 @@ def test_published_values_beside_ours_and_never_ranked(tmp_path):
     assert "(pub. 0.5 ✗)" in md_path.read_text() and "Welch" in md_path.read_text()
 
 
+def test_a_value_that_does_not_vary_with_the_seed_has_no_interval_to_be_outside_of():
+    # a task's truth is the same on every seed (std 0): a published truth 0.4 % away is not "outside our
+    # interval" (a wrong implementation marks it False because the zero-width interval excludes it)
+    recs = [_rec("gp", s, 0.821, published={**PUB, "metrics": {"err": 0.8174}}) for s in range(3)]
+    row = _row(leaderboard(recs), "gp", dim=2)
+    assert row.err_ci95 < 1e-12 and pd.isna(row.err_published_inside)  # (round-off makes the std ~1e-16)
+
+
 # -- pivots --------------------------------------------------------------------------------------------------
 
 def test_grid_axis_choice_is_generic():
