@@ -58,6 +58,7 @@ __all__ = [
     "UnsupportedProblem",
     "InvalidInput",
     "SolverDidNotConverge",
+    "published_problems",
 ]
 
 PROBLEM_KINDS = ("continuous", "discrete", "generative", "adaptation", "transfer", "barycenter")
@@ -272,7 +273,8 @@ class Task(_Component):
         raise NotImplementedError
 
     def published(self, solver: str, solver_params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Published reference numbers for this task cell and a solver, or None (the default: none known).
+        """Published reference numbers for this task cell and a solver, or None (the default: none known); see
+        ``published_problems`` for the shape the runner checks.
 
         A task built on a published benchmark may return ``{"source": str, "method": str, "metrics":
         {metric_output_name: float}}``: the values the source reports for its method that matches
@@ -365,3 +367,21 @@ class Metric:
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
+
+
+def published_problems(ref: Any) -> list[str]:
+    """What is wrong with a ``Task.published`` answer (empty when it is None or well formed)."""
+    if ref is None:
+        return []
+    if not isinstance(ref, Mapping):
+        return [f"published(...) must return None or a dict, got {type(ref).__name__}"]
+    errors = [f"published(...)[{key!r}] must be a non-empty string"
+              for key in ("source", "method") if not (isinstance(ref.get(key), str) and ref.get(key))]
+    metrics = ref.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        errors.append("published(...)['metrics'] must be a non-empty {metric name: number} dict")
+    else:
+        errors += [f"published(...)['metrics'][{k!r}] = {v!r} is not a finite number" for k, v in metrics.items()
+                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))
+                   or not math.isfinite(v)]
+    return errors

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from otbench.api import Metric, Solution, UnsupportedProblem
+from otbench.api import Metric, Solution, UnsupportedProblem, published_problems
 from otbench.env import DTYPES, PeakMemory, choose_threads, environment, resolve_device, seed_everything, synchronize
 from otbench.registry import Registry
 from otbench.suite import RunSpec
@@ -190,8 +190,6 @@ def _attach_published(record: dict[str, Any], task: Any, spec: RunSpec) -> None:
         return
     if ref is None:
         return
-    from otbench.testing import published_problems
-
     problems = published_problems(ref)
     if problems:  # a malformed reference is dropped, loudly: it must not reach the report half-valid
         record.setdefault("warnings", []).append("task.published ignored: " + "; ".join(problems))

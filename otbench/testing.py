@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from otbench.api import INPUT_FORMS, PROBLEM_KINDS, SOLUTION_PARTS, Problem, Solution, Solver, Task, Truth, UnsupportedProblem
+from otbench.api import (INPUT_FORMS, PROBLEM_KINDS, SOLUTION_PARTS, Problem, Solution, Solver, Task, Truth,
+                         UnsupportedProblem, published_problems)
 from otbench.costs import pairwise_cost
 from otbench.env import seed_everything
 from otbench.sampling import make_sampler_pair
 
-__all__ = ["check_solver", "check_task", "toy_problem"]
+__all__ = ["check_solver", "check_task", "published_problems", "toy_problem"]
 
 
 def _blobs(n: int, gen: torch.Generator, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
@@ -334,24 +335,6 @@ def _shared_rows(a: torch.Tensor, b: torch.Tensor) -> int:
     """How many rows of ``b`` are exactly rows of ``a``."""
     seen = {row.tobytes() for row in a.detach().cpu().reshape(a.shape[0], -1).numpy()}
     return sum(row.tobytes() in seen for row in b.detach().cpu().reshape(b.shape[0], -1).numpy())
-
-
-def published_problems(ref: Any) -> list[str]:
-    """What is wrong with a ``Task.published`` answer (empty when it is None or well formed)."""
-    if ref is None:
-        return []
-    if not isinstance(ref, Mapping):
-        return [f"published(...) must return None or a dict, got {type(ref).__name__}"]
-    errors = [f"published(...)[{key!r}] must be a non-empty string"
-              for key in ("source", "method") if not (isinstance(ref.get(key), str) and ref.get(key))]
-    metrics = ref.get("metrics")
-    if not isinstance(metrics, Mapping) or not metrics:
-        errors.append("published(...)['metrics'] must be a non-empty {metric name: number} dict")
-    else:
-        errors += [f"published(...)['metrics'][{k!r}] = {v!r} is not a finite number" for k, v in metrics.items()
-                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))
-                   or not math.isfinite(v)]
-    return errors
 
 
 def check_task(task_cls: type[Task], params: Mapping[str, Any] | None = None,
