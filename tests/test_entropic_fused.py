@@ -1,5 +1,7 @@
 """The fused row-block iterations of Sinkhorn and IPOT (plugins/discrete/entropic.py, FUSED_BLOCK_BYTES) give the
-plan of the textbook formulas, the same plan as the plain two-mat-vec path, on uneven blocks and n != m."""
+plan of the textbook formulas, the same plan as the plain two-mat-vec path, on uneven blocks and n != m. These are
+the torch paths (OTBENCH_CPU_KERNELS=torch); the compiled kernels that replace them when numba is present are
+tested in test_cpu_kernels.py."""
 
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ def problem(seed: int = 3):
     a = torch.rand(N, generator=g, dtype=torch.float64) + 0.2
     b = torch.rand(M, generator=g, dtype=torch.float64) + 0.2
     return a / a.sum(), b / b.sum(), c
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    monkeypatch.setenv("OTBENCH_CPU_KERNELS", "torch")
 
 
 @pytest.fixture
