@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from otbench.api import SolverDidNotConverge
 from otbench.testing import check_solver
 from otbench_plugins.discrete.entropic import sinkhorn_solve
 from otbench_plugins.discrete.library_baselines import GeomlossSinkhorn, POTSinkhorn
@@ -39,6 +41,31 @@ def test_pot_sinkhorn_rejects_bad_parameters(clouds):
         POTSinkhorn(method="sinkhorn_fast").solve(problem)
     with pytest.raises(ValueError, match="epsilon must be a positive"):
         POTSinkhorn(epsilon=0).solve(problem)
+
+
+def test_pot_sinkhorn_tau_is_passed_and_checked(clouds):
+    # a tau that did not reach POT would leave its default 1e3 absorptions; with a huge tau the stabilised method is
+    # plain Sinkhorn and agrees with our log-domain solver (and the mass it returned is recorded as it came back)
+    problem, _ = clouds
+    sol = POTSinkhorn(method="sinkhorn_stabilized", epsilon=0.01, tol=1e-9, max_iter=5000, tau=1e8).solve(problem)
+    ours = sinkhorn_solve(problem.a, problem.b, problem.cost_matrix, 0.01, method="log", max_iter=5000, tol=1e-9)
+    assert torch.allclose(sol.plan, ours.plan, atol=1e-7)
+    assert sol.info["returned_mass"] == pytest.approx(float(sol.plan.sum()), rel=1e-12)
+    with pytest.raises(ValueError, match="tau applies to"):
+        POTSinkhorn(method="sinkhorn", tau=1e8).solve(problem)
+    with pytest.raises(ValueError, match="tau must be"):
+        POTSinkhorn(method="sinkhorn_stabilized", tau=0.5).solve(problem)
+
+
+def test_pot_sinkhorn_never_scores_a_nan_plan(clouds, monkeypatch):
+    # POT's stabilised method can return an all-NaN matrix (a kernel column that underflows entirely); zeroing the
+    # NaNs (as np.nan_to_num would) turns it into the independent coupling after rounding, a plausible-looking score
+    import ot
+
+    problem, _ = clouds
+    monkeypatch.setattr(ot, "sinkhorn", lambda a, b, M, reg, **kw: (np.full(M.shape, np.nan), {"err": [1.0]}))
+    with pytest.raises(SolverDidNotConverge, match="non-finite"):
+        POTSinkhorn(method="sinkhorn_stabilized", epsilon=1e-4).solve(problem)
 
 
 def test_geomloss_plan_is_near_optimal_and_near_feasible(clouds):

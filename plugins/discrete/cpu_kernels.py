@@ -107,15 +107,69 @@ def _layer() -> str:
 
 
 if numba is not None:
+    try:  # decorating needs a cache locator (a writable source dir or user cache): without one, no kernels
+        @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
+        def _sinkhorn_sweeps(K, a, b, u, v, KTu, iters, nchunks):  # pragma: no cover - compiled
+            n, m = K.shape
+            zero = a[0] - a[0]  # of the arrays' dtype (a[0] * 0 would be float64)
+            partials = np.empty((nchunks, m), dtype=K.dtype)
+            for _ in range(iters):
+                for j in range(m):
+                    v[j] = b[j] / KTu[j]
+                for t in prange(nchunks):
+                    lo = t * n // nchunks
+                    hi = (t + 1) * n // nchunks
+                    p = partials[t]
+                    p[:] = zero
+                    i = lo
+                    while i + 4 <= hi:
+                        r0 = K[i]
+                        r1 = K[i + 1]
+                        r2 = K[i + 2]
+                        r3 = K[i + 3]
+                        s0 = zero
+                        s1 = zero
+                        s2 = zero
+                        s3 = zero
+                        for j in range(m):
+                            vj = v[j]
+                            s0 += r0[j] * vj
+                            s1 += r1[j] * vj
+                            s2 += r2[j] * vj
+                            s3 += r3[j] * vj
+                        u0 = a[i] / s0
+                        u1 = a[i + 1] / s1
+                        u2 = a[i + 2] / s2
+                        u3 = a[i + 3] / s3
+                        u[i] = u0
+                        u[i + 1] = u1
+                        u[i + 2] = u2
+                        u[i + 3] = u3
+                        for j in range(m):
+                            p[j] += r0[j] * u0 + r1[j] * u1 + r2[j] * u2 + r3[j] * u3
+                        i += 4
+                    while i < hi:
+                        r0 = K[i]
+                        s0 = zero
+                        for j in range(m):
+                            s0 += r0[j] * v[j]
+                        u0 = a[i] / s0
+                        u[i] = u0
+                        for j in range(m):
+                            p[j] += r0[j] * u0
+                        i += 1
+                for j in range(m):
+                    acc = partials[0, j]
+                    for t in range(1, nchunks):
+                        acc += partials[t, j]
+                    KTu[j] = acc
+            return 0
 
-    @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
-    def _sinkhorn_sweeps(K, a, b, u, v, KTu, iters, nchunks):  # pragma: no cover - compiled
-        n, m = K.shape
-        zero = a[0] - a[0]  # of the arrays' dtype (a[0] * 0 would be float64)
-        partials = np.empty((nchunks, m), dtype=K.dtype)
-        for _ in range(iters):
-            for j in range(m):
-                v[j] = b[j] / KTu[j]
+        @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
+        def _ipot_step(R, G, a, alpha, gb, as_, KTx, multiply, nchunks):  # pragma: no cover - compiled
+            n, m = R.shape
+            zero = a[0] - a[0]  # of the arrays' dtype (a[0] * 0 would be float64)
+            partials = np.empty((nchunks, m), dtype=R.dtype)
             for t in prange(nchunks):
                 lo = t * n // nchunks
                 hi = (t + 1) * n // nchunks
@@ -123,134 +177,84 @@ if numba is not None:
                 p[:] = zero
                 i = lo
                 while i + 4 <= hi:
-                    r0 = K[i]
-                    r1 = K[i + 1]
-                    r2 = K[i + 2]
-                    r3 = K[i + 3]
+                    r0 = R[i]
+                    r1 = R[i + 1]
+                    r2 = R[i + 2]
+                    r3 = R[i + 3]
                     s0 = zero
                     s1 = zero
                     s2 = zero
                     s3 = zero
+                    if multiply:  # R *= G fused into the dot products: each row of R is read and written once
+                        g0 = G[i]
+                        g1 = G[i + 1]
+                        g2 = G[i + 2]
+                        g3 = G[i + 3]
+                        for j in range(m):
+                            w = gb[j]
+                            q0 = r0[j] * g0[j]
+                            q1 = r1[j] * g1[j]
+                            q2 = r2[j] * g2[j]
+                            q3 = r3[j] * g3[j]
+                            r0[j] = q0
+                            r1[j] = q1
+                            r2[j] = q2
+                            r3[j] = q3
+                            s0 += q0 * w
+                            s1 += q1 * w
+                            s2 += q2 * w
+                            s3 += q3 * w
+                    else:
+                        for j in range(m):
+                            w = gb[j]
+                            s0 += r0[j] * w
+                            s1 += r1[j] * w
+                            s2 += r2[j] * w
+                            s3 += r3[j] * w
+                    # as = a / (alpha * (R gb)); the column pass accumulates R^T (alpha * as)
+                    c0 = a[i] / (alpha[i] * s0)
+                    c1 = a[i + 1] / (alpha[i + 1] * s1)
+                    c2 = a[i + 2] / (alpha[i + 2] * s2)
+                    c3 = a[i + 3] / (alpha[i + 3] * s3)
+                    as_[i] = c0
+                    as_[i + 1] = c1
+                    as_[i + 2] = c2
+                    as_[i + 3] = c3
+                    x0 = alpha[i] * c0
+                    x1 = alpha[i + 1] * c1
+                    x2 = alpha[i + 2] * c2
+                    x3 = alpha[i + 3] * c3
                     for j in range(m):
-                        vj = v[j]
-                        s0 += r0[j] * vj
-                        s1 += r1[j] * vj
-                        s2 += r2[j] * vj
-                        s3 += r3[j] * vj
-                    u0 = a[i] / s0
-                    u1 = a[i + 1] / s1
-                    u2 = a[i + 2] / s2
-                    u3 = a[i + 3] / s3
-                    u[i] = u0
-                    u[i + 1] = u1
-                    u[i + 2] = u2
-                    u[i + 3] = u3
-                    for j in range(m):
-                        p[j] += r0[j] * u0 + r1[j] * u1 + r2[j] * u2 + r3[j] * u3
+                        p[j] += r0[j] * x0 + r1[j] * x1 + r2[j] * x2 + r3[j] * x3
                     i += 4
                 while i < hi:
-                    r0 = K[i]
+                    r0 = R[i]
                     s0 = zero
+                    if multiply:
+                        g0 = G[i]
+                        for j in range(m):
+                            q0 = r0[j] * g0[j]
+                            r0[j] = q0
+                            s0 += q0 * gb[j]
+                    else:
+                        for j in range(m):
+                            s0 += r0[j] * gb[j]
+                    c0 = a[i] / (alpha[i] * s0)
+                    as_[i] = c0
+                    x0 = alpha[i] * c0
                     for j in range(m):
-                        s0 += r0[j] * v[j]
-                    u0 = a[i] / s0
-                    u[i] = u0
-                    for j in range(m):
-                        p[j] += r0[j] * u0
+                        p[j] += r0[j] * x0
                     i += 1
             for j in range(m):
                 acc = partials[0, j]
                 for t in range(1, nchunks):
                     acc += partials[t, j]
-                KTu[j] = acc
-        return 0
-
-    @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
-    def _ipot_step(R, G, a, alpha, gb, as_, KTx, multiply, nchunks):  # pragma: no cover - compiled
-        n, m = R.shape
-        zero = a[0] - a[0]  # of the arrays' dtype (a[0] * 0 would be float64)
-        partials = np.empty((nchunks, m), dtype=R.dtype)
-        for t in prange(nchunks):
-            lo = t * n // nchunks
-            hi = (t + 1) * n // nchunks
-            p = partials[t]
-            p[:] = zero
-            i = lo
-            while i + 4 <= hi:
-                r0 = R[i]
-                r1 = R[i + 1]
-                r2 = R[i + 2]
-                r3 = R[i + 3]
-                s0 = zero
-                s1 = zero
-                s2 = zero
-                s3 = zero
-                if multiply:  # R *= G fused into the dot products: each row of R is read and written once
-                    g0 = G[i]
-                    g1 = G[i + 1]
-                    g2 = G[i + 2]
-                    g3 = G[i + 3]
-                    for j in range(m):
-                        w = gb[j]
-                        q0 = r0[j] * g0[j]
-                        q1 = r1[j] * g1[j]
-                        q2 = r2[j] * g2[j]
-                        q3 = r3[j] * g3[j]
-                        r0[j] = q0
-                        r1[j] = q1
-                        r2[j] = q2
-                        r3[j] = q3
-                        s0 += q0 * w
-                        s1 += q1 * w
-                        s2 += q2 * w
-                        s3 += q3 * w
-                else:
-                    for j in range(m):
-                        w = gb[j]
-                        s0 += r0[j] * w
-                        s1 += r1[j] * w
-                        s2 += r2[j] * w
-                        s3 += r3[j] * w
-                # as = a / (alpha * (R gb)); the column pass accumulates R^T (alpha * as)
-                c0 = a[i] / (alpha[i] * s0)
-                c1 = a[i + 1] / (alpha[i + 1] * s1)
-                c2 = a[i + 2] / (alpha[i + 2] * s2)
-                c3 = a[i + 3] / (alpha[i + 3] * s3)
-                as_[i] = c0
-                as_[i + 1] = c1
-                as_[i + 2] = c2
-                as_[i + 3] = c3
-                x0 = alpha[i] * c0
-                x1 = alpha[i + 1] * c1
-                x2 = alpha[i + 2] * c2
-                x3 = alpha[i + 3] * c3
-                for j in range(m):
-                    p[j] += r0[j] * x0 + r1[j] * x1 + r2[j] * x2 + r3[j] * x3
-                i += 4
-            while i < hi:
-                r0 = R[i]
-                s0 = zero
-                if multiply:
-                    g0 = G[i]
-                    for j in range(m):
-                        q0 = r0[j] * g0[j]
-                        r0[j] = q0
-                        s0 += q0 * gb[j]
-                else:
-                    for j in range(m):
-                        s0 += r0[j] * gb[j]
-                c0 = a[i] / (alpha[i] * s0)
-                as_[i] = c0
-                x0 = alpha[i] * c0
-                for j in range(m):
-                    p[j] += r0[j] * x0
-                i += 1
-        for j in range(m):
-            acc = partials[0, j]
-            for t in range(1, nchunks):
-                acc += partials[t, j]
-            KTx[j] = acc
-        return 0
+                KTx[j] = acc
+            return 0
+    except Exception as exc:  # pragma: no cover - depends on the file system
+        warnings.warn(f"otbench: numba CPU kernels unavailable ({type(exc).__name__}: {exc}); using torch",
+                      RuntimeWarning, stacklevel=1)
+        numba = None
 
 
 def sinkhorn_sweeps(K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, v: torch.Tensor,

@@ -631,6 +631,7 @@ class Sinkhorn(Solver):
     """Entropic OT by Sinkhorn scaling (kernel / stabilised with absorption and epsilon ramp / log-domain)."""
 
     name = "sinkhorn"
+    version = "2"  # 2: compiled fused CPU kernels (cpu_kernels.py); same iterates up to round-off
     kinds = frozenset({"discrete"})
     costs = frozenset({"euclidean", "sqeuclidean", "matrix"})
     provides = frozenset({"distance", "plan"})
@@ -652,6 +653,7 @@ class IPOT(Solver):
     """IPOT: inexact proximal point with a KL prox (seed 004 Alg. 1); converges to the exact LP plan."""
 
     name = "ipot"
+    version = "2"  # 2: compiled fused CPU kernels (cpu_kernels.py); same iterates up to round-off
     kinds = frozenset({"discrete"})
     costs = frozenset({"euclidean", "sqeuclidean", "matrix"})
     provides = frozenset({"distance", "plan"})

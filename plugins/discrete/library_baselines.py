@@ -4,7 +4,13 @@
   ``sinkhorn_log``, ``sinkhorn_stabilized``, ``sinkhorn_epsilon_scaling``, ``greenkhorn``), called the way a user
   calls it: NumPy float64 arrays, POT's own stopping rule (``stopThr`` on the marginal error, checked every 10
   iterations). The plan it returns is scored by the same LP-gap metrics as ours. POT's exact ``ot.emd`` is
-  already the reference row ``exact_lp``.
+  already the reference row ``exact_lp``. ``tau`` (absorption threshold of ``sinkhorn_stabilized`` and
+  ``sinkhorn_epsilon_scaling``; None = POT's default 1e3) is passed through. Known POT 0.9.7 defects these rows
+  expose (benchmarks/discrete_time_to_accuracy.py has the reproduction): after an absorption
+  ``sinkhorn_stabilized`` resets its scalings to ``1/n, 1/m`` instead of 1, so when the last iteration absorbs
+  (nearly always once n >= tau) it returns the plan divided by ``n m`` (``mass_error`` ~ 1 in the leaderboard,
+  ``returned_mass`` in the record); and from an unshifted kernel whose column underflows entirely it returns a
+  NaN matrix, which fails the run here (a NaN plan is never scored).
 - ``geomloss_sinkhorn``: geomloss's ``SamplesLoss("sinkhorn")`` (tensorized backend, epsilon scaling,
   ``debias=False`` so that it estimates the regularised OT cost, not the Sinkhorn divergence). geomloss works on
   point clouds, not cost matrices, and returns dual potentials ``F`` (on x) and ``G`` (on y):
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from otbench import Problem, Solution, Solver, hookimpl
-from otbench.api import InvalidInput
+from otbench.api import InvalidInput, SolverDidNotConverge
 from otbench.costs import pairwise_cost
 from otbench.validation import check_discrete_problem
 
@@ -41,7 +47,7 @@ class POTSinkhorn(Solver):
     kinds = frozenset({"discrete"})
     costs = frozenset({"euclidean", "sqeuclidean", "matrix"})
     provides = frozenset({"distance", "plan"})
-    defaults = {"epsilon": 1e-2, "method": "sinkhorn", "max_iter": 1000, "tol": 1e-6}
+    defaults = {"epsilon": 1e-2, "method": "sinkhorn", "max_iter": 1000, "tol": 1e-6, "tau": None}
 
     def _check(self) -> None:
         p = self.params
@@ -53,6 +59,12 @@ class POTSinkhorn(Solver):
             raise InvalidInput(f"pot_sinkhorn: max_iter must be an integer >= 1, got {p['max_iter']!r}")
         if not (isinstance(p["tol"], (int, float)) and p["tol"] > 0):
             raise InvalidInput(f"pot_sinkhorn: tol must be a positive number, got {p['tol']!r}")
+        if p["tau"] is not None:
+            if not (isinstance(p["tau"], (int, float)) and p["tau"] > 1):
+                raise InvalidInput(f"pot_sinkhorn: tau must be a number > 1 or null, got {p['tau']!r}")
+            if p["method"] not in ("sinkhorn_stabilized", "sinkhorn_epsilon_scaling"):
+                raise InvalidInput(f"pot_sinkhorn: tau applies to sinkhorn_stabilized / sinkhorn_epsilon_scaling, "
+                                   f"not method {p['method']!r}")
 
     def prepare(self, problem: Problem) -> None:
         import ot  # noqa: F401  (first import takes seconds: keep it out of the timed solve)
@@ -67,16 +79,22 @@ class POTSinkhorn(Solver):
         a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
         cost_np = cost.double().cpu().numpy()
         b_np = b_np * (a_np.sum() / b_np.sum())
+        extra = {} if p["tau"] is None else {"tau": float(p["tau"])}
         plan, log = ot.sinkhorn(a_np, b_np, cost_np, float(p["epsilon"]), method=p["method"],
-                                numItermax=int(p["max_iter"]), stopThr=float(p["tol"]), log=True, warn=False)
-        plan = np.nan_to_num(np.asarray(plan, dtype=np.float64))
+                                numItermax=int(p["max_iter"]), stopThr=float(p["tol"]), log=True, warn=False, **extra)
+        plan = np.asarray(plan, dtype=np.float64)
+        if not np.isfinite(plan).all():
+            raise SolverDidNotConverge(
+                f"POT {p['method']} returned a plan with {int((~np.isfinite(plan)).sum())} non-finite entries at "
+                f"epsilon={p['epsilon']:g} (its kernel exp(-C/epsilon) underflows; try a larger epsilon)")
         iterations = int(log.get("niter", log.get("n_iter", 0)) or 0)
         errors = log.get("err") or [float("nan")]
         err = float(errors[-1])
         value = float((plan * cost_np).sum())
         return Solution(distance=value, plan=torch.as_tensor(plan, device=problem.device, dtype=problem.dtype),
                         iterations=iterations,
-                        info={"converged": float(err <= float(p["tol"])), "marginal_error": err, "value": value})
+                        info={"converged": float(err <= float(p["tol"])), "marginal_error": err, "value": value,
+                              "returned_mass": float(plan.sum())})
 
 
 def _geomloss_p(cost: str) -> int:
