@@ -17,6 +17,10 @@ written per second), i.e. the time of one n x m copy for Sinkhorn. Our CPU itera
 (entropic.FUSED_BLOCK_BYTES: K is streamed from memory once per iteration, each block used twice from cache),
 so "x floor" can go below 1 for Sinkhorn; for IPOT the fused pass is the floor's 3 passes.
 
+IPOT runs with its stopping certificate off (``tol_marginal=-1``): the certificate (a c-transform, several n x m
+passes) is computed every ~10 % of the iterations, which in a 200-iteration window is every 10 iterations and
+would be timed as part of the iteration; over a run of thousands of iterations it adds a few per cent.
+
 ``--baseline FILE`` also times another copy of entropic.py (e.g. ``git show HEAD:plugins/discrete/entropic.py >
 /tmp/entropic_head.py``) in the same process and rounds, for before / after tables.
 
@@ -107,7 +111,8 @@ def methods(a, b, c, x, y, device: torch.device, with_geomloss: bool) -> dict[st
                                                           trace=False), 2),
         "ours sinkhorn stabilized": (lambda k: sinkhorn_solve(a, b, c, EPS, method="stabilized", max_iter=k,
                                                               tol=-1.0, trace=False), 2),
-        "ours ipot (L=1)": (lambda k: ipot_solve(a, b, c, beta=0.1, max_iter=k, tol=-1.0, trace=False), 3),
+        "ours ipot (L=1)": (lambda k: ipot_solve(a, b, c, beta=0.1, max_iter=k, tol=-1.0, tol_marginal=-1.0,
+                                                 trace=False), 3),
     }
     kw = {"stopThr": 0.0, "warn": False}
     out["POT torch sinkhorn"] = (lambda k: ot.sinkhorn(a, b, c, EPS, method="sinkhorn", numItermax=k, **kw), 2)
@@ -195,7 +200,8 @@ def issue_table(sizes: list[int], device: torch.device, rounds: int, n1: int, n2
                 "kernel": lambda k: sinkhorn_solve(a, b, c, EPS, method="kernel", max_iter=k, tol=-1.0, trace=False),
                 "stabilized": lambda k: sinkhorn_solve(a, b, c, EPS, method="stabilized", max_iter=k, tol=-1.0,
                                                        trace=False),
-                "ipot": lambda k: ipot_solve(a, b, c, beta=0.1, max_iter=k, tol=-1.0, trace=False),
+                "ipot": lambda k: ipot_solve(a, b, c, beta=0.1, max_iter=k, tol=-1.0, tol_marginal=-1.0,
+                                             trace=False),
                 "pot": (lambda k: ot.sinkhorn(an, bn, cn, EPS, method="sinkhorn", numItermax=k, **kw))
                 if device.type == "cpu" else
                 (lambda k: ot.sinkhorn(a, b, c, EPS, method="sinkhorn", numItermax=k, **kw)),
@@ -204,7 +210,7 @@ def issue_table(sizes: list[int], device: torch.device, rounds: int, n1: int, n2
                 runs["before kernel"] = lambda k: baseline.sinkhorn_solve(a, b, c, EPS, method="kernel", max_iter=k,
                                                                           tol=-1.0, trace=False)
                 runs["before ipot"] = lambda k: baseline.ipot_solve(a, b, c, beta=0.1, max_iter=k, tol=-1.0,
-                                                                    trace=False)
+                                                                    tol_marginal=-1.0, trace=False)
             bw = copy_bandwidth(n * n, dtype, device, clock=clock)
             t = interleaved_per_iteration(runs, n1, n2, rounds, clock, device)
             floor = 2 * n * n * c.element_size() / bw

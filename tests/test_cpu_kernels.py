@@ -130,11 +130,12 @@ def ipot_reference(a, b, c, beta, iters):
     return gamma
 
 
-def test_ipot_is_algorithm_1(chunks):
+@pytest.mark.parametrize("check_every", [10, 7, 25])
+def test_ipot_is_algorithm_1(chunks, check_every):
     # R *= G skipped or applied twice, or rows scaled with another row's alpha, would fail; tau small enough that
-    # absorptions (R rescaled in place, G recomputed) happen inside the 120 steps
+    # absorptions (R rescaled in place, G recomputed) happen inside the 120 steps, at checkpoints or between them
     a, b, c = problem(7)
-    res = ipot_solve(a, b, c, beta=0.1, max_iter=120, tol=-1.0, tau=1e6, trace=False)
+    res = ipot_solve(a, b, c, beta=0.1, max_iter=120, tol=-1.0, tau=1e6, check_every=check_every, trace=False)
     assert res.info["absorptions"] > 0
     torch.testing.assert_close(res.plan, ipot_reference(a, b, c, 0.1, 120), rtol=1e-8, atol=1e-14)
 
@@ -150,6 +151,23 @@ def test_ipot_inner_iterations_match_torch(chunks, monkeypatch, dtype):
     ref = ipot_solve(a, b, c, **kw)
     tol = dict(rtol=1e-9, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-7)
     torch.testing.assert_close(res.plan, ref.plan, **tol)
+
+
+@pytest.mark.parametrize("check_every", [10, 7])
+def test_ipot_checkpoints_see_the_current_plan(chunks, monkeypatch, check_every):
+    # the checkpoints (marginal error, certificate, trace, stopping) read R and the scalings the kernel wrote: a
+    # stale or half-updated R or alpha would report another plan and stop at another iteration
+    a, b, c = problem(10)
+    kw = dict(beta=0.1, max_iter=3000, tol=0.05, tol_marginal=1e-4, check_every=check_every, trace=True)
+    res = ipot_solve(a, b, c, **kw)
+    monkeypatch.setenv("OTBENCH_CPU_KERNELS", "torch")
+    ref = ipot_solve(a, b, c, **kw)
+    assert res.converged and res.iterations == ref.iterations
+    assert [p["iteration"] for p in res.trace] == [p["iteration"] for p in ref.trace]
+    for key in ("value", "marginal_error", "dual_bound"):
+        got = [p[key] for p in res.trace]
+        want = [p[key] for p in ref.trace]
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-13), key
 
 
 def test_torch_path_where_the_kernels_do_not_apply(monkeypatch):
