@@ -13,6 +13,7 @@ import torch
 from otbench.api import SolverDidNotConverge
 from otbench_plugins.discrete import cpu_kernels
 from otbench_plugins.discrete.entropic import ipot_solve, sinkhorn_solve
+from test_entropic_fused import ipot_reference  # seed 004 Algorithm 1 on explicit matrices
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.enabled(), reason="numba not available: the torch path runs")
 
@@ -115,19 +116,6 @@ def test_division_by_zero_gives_inf_not_an_exception(chunks):
     v = torch.empty_like(b)
     assert cpu_kernels.sinkhorn_sweeps(K, a, b, u, v, KTu, 1)
     assert torch.isinf(v[5]) and torch.isfinite(v[:5]).all() and torch.isfinite(v[6:]).all()
-
-
-def ipot_reference(a, b, c, beta, iters):
-    """Seed 004 Algorithm 1 with L = 1 on explicit matrices."""
-    G = torch.exp(-c / beta)
-    gamma = torch.ones_like(c)
-    bs = torch.full_like(b, 1.0 / b.numel())
-    for _ in range(iters):
-        Q = G * gamma
-        as_ = a / (Q @ bs)
-        bs = b / (Q.t() @ as_)
-        gamma = as_[:, None] * Q * bs[None, :]
-    return gamma
 
 
 @pytest.mark.parametrize("check_every", [10, 7, 25])
