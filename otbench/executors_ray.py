@@ -59,6 +59,24 @@ def import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at ``host:port`` / ``ray://host:port`` (Ray itself
+    retries an unreachable head for minutes before it gives up). ``auto`` and other forms are left to Ray."""
+    import socket
+
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc}); is the Ray head running "
+                              f"there (`ray start --head`; a ray:// address needs the client server, port 10001)?"
+                              ) from exc
+
+
 def cluster_device(policy: str, address: str | None) -> str | None:
     """The device type for a suite sent to the Ray cluster at ``address`` (or ``$RAY_ADDRESS``) from a driver
     without CUDA: ``auto`` -> ``cuda`` when the cluster has GPUs, else ``cpu``; ``cuda`` -> ``cuda`` when it has
@@ -216,6 +234,7 @@ class RayExecutor:
         common = {"include_dashboard": False, "logging_level": logging.WARNING}
         address = self.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention for a cluster
         if address is not None:
+            _check_reachable(address)
             ray.init(address=address, logging_level=logging.WARNING)
             return True, False, None
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance: no token in ~/.ray

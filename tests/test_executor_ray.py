@@ -86,6 +86,26 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
         choose_executor(specs, get_registry(), "ray")
 
 
+@needs_ray
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_unreachable_cluster_fails_fast_naming_the_address(scheme):
+    # Ray retries an unreachable head for minutes before giving up; the executor must fail at once and say where
+    import socket
+
+    from otbench.executors_ray import RayExecutor, RayUnavailable
+
+    if ray.is_initialized():
+        pytest.skip("Ray is already connected in this process")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    executor = RayExecutor(address=f"{scheme}127.0.0.1:{port}")
+    with pytest.raises(RayUnavailable, match=rf"nothing answers at 127\.0\.0\.1:{port}"):
+        executor._connect()
+    assert not ray.is_initialized()
+
+
 def test_jobs_auto_gives_each_thread_width_its_workers(monkeypatch, tmp_path):
     """On 4 cores: single-thread solvers get 4 workers, a solver without a preference runs in-process on all
     cores, an explicit --jobs keeps its meaning."""
