@@ -122,6 +122,15 @@ def test_task_published_only_for_published_pairs_and_lists_budget_differences():
     assert Task().published("wgan_gp", {}) is None  # the base contract: no reference
 
 
+def test_differences_name_the_adam_betas_where_ours_differ():
+    # the notebook trains WGAN-qp (MM:B) and LSOT with Adam's default betas, 3P-WGAN with (0, 0.9); a comparison
+    # that ignored betas, or compared a suite's list to the published tuple as unequal, would say otherwise
+    task = MinFunnelPair(dim=16, funnels=4, pairs="published")
+    assert "betas (0.0, 0.9) (published (0.9, 0.999))" in task.published("mm_b", {})["differences"]
+    assert not any(d.startswith("betas") for d in task.published("mm_b", {"betas": [0.9, 0.999]})["differences"])
+    assert not any(d.startswith("betas") for d in task.published("mm", {"mover_residual": False})["differences"])
+
+
 def _spec(solver: str, params: dict, task_params: dict) -> RunSpec:
     return RunSpec(suite="s", task="min_funnel", task_label="f", task_params=task_params, solver=solver,
                    solver_label=solver, solver_params=params, seed=0, device="cpu", dtype="float32", timeout=60.0,

@@ -33,8 +33,9 @@ notebooks/test_nd.ipynb; read, not copied):
 - SO: published weights are exactly orthogonal through ``geotorch.orthogonal`` (a manifold parametrisation),
   GroupSort with one group (a full sort, descending); ours are Bjorck-orthonormalised raw weights with a
   full sort (ascending: a fixed permutation, absorbed by the next orthogonal layer).
-- Adam betas: the optimiser cells of the notebook were not located in the copy read here (they sit between
-  embedded figures); (0, 0.9) for WC/GP/LP/SN is the design document's reading, unverified against the code.
+- Adam betas, verified in the notebook's optimiser cells (both versions, identical lines): WC, GP, LP and SN
+  ``Adam(lr=LR, betas=(0, 0.9))``; SO ``Adam(lr=LR)``, Adam's defaults (0.9, 0.999). The defaults here are the
+  same.
 
 The W1 estimate is ``mean f(x) - mean f(y)`` on ``eval_samples`` fresh draws from the solver's own samplers
 after training. The returned critic is evaluated with the weights training ended with: SN and SO layers are

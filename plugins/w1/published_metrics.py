@@ -56,6 +56,8 @@ class Counterpart:
 
 _NET = {"width": None, "depth": 2}  # [D, max(2D, 128), max(2D, 128), 1] in every published critic
 _TRAIN = {"batch_size": 1024, "lr": 2e-4}
+_WGAN_BETAS = (0.0, 0.9)  # Adam(lr=LR, betas=(0, 0.9)) in the notebook: WC, GP, LP, SN, 3P-WGAN and its reverse
+_ADAM_DEFAULT_BETAS = (0.9, 0.999)  # Adam(lr=LR): sort-out, LSOT, WGAN-qp
 
 #: published method -> our like-for-like solver. Settings from notebooks/test_nd.ipynb (hyperparameter cell)
 #: and src/methods.py, src/models.py of the authors' repository. The repository holds two versions of the
@@ -66,31 +68,34 @@ _TRAIN = {"batch_size": 1024, "lr": 2e-4}
 #: Which version produced each of the other 27 cells is not recorded.
 PUBLISHED_METHODS: dict[str, Counterpart] = {
     "wgan": Counterpart("wgan_wc", {**_NET, "clip_biases": False},
-                        {**_TRAIN, "iterations": 5000, "clip": 0.04},
+                        {**_TRAIN, "iterations": 5000, "clip": 0.04, "betas": _WGAN_BETAS},
                         "weights (not biases) clamped to +-0.04 before every forward pass"),
-    "wgan-gp": Counterpart("wgan_gp", dict(_NET), {**_TRAIN, "iterations": 40000, "penalty_weight": 10.0},
+    "wgan-gp": Counterpart("wgan_gp", dict(_NET), {**_TRAIN, "iterations": 40000, "penalty_weight": 10.0,
+                                                      "betas": _WGAN_BETAS},
                            "40000 iterations (60000 in the other notebook version)"),
-    "wgan-lp": Counterpart("wgan_lp", dict(_NET), {**_TRAIN, "iterations": 40000, "penalty_weight": 10.0},
+    "wgan-lp": Counterpart("wgan_lp", dict(_NET), {**_TRAIN, "iterations": 40000, "penalty_weight": 10.0,
+                                                      "betas": _WGAN_BETAS},
                            "40000 iterations (60000 in the other notebook version)"),
     "sn-gan": Counterpart("wgan_sn", {**_NET, "sigma_grad": False}, {**_TRAIN, "iterations": 5000,
-                                                                    "power_iterations": 5},
+                                                                    "power_iterations": 5, "betas": _WGAN_BETAS},
                           "published SN computes sigma from detached tensors (sigma_grad: false) and runs its "
                           "power iterations on every forward pass (x and y separately: 10 per step); 5000 "
                           "iterations (10000 in the other notebook version)"),
-    "sort-out": Counterpart("groupsort_so", {**_NET, "group_size": None}, {**_TRAIN, "iterations": 15000},
+    "sort-out": Counterpart("groupsort_so", {**_NET, "group_size": None},
+                            {**_TRAIN, "iterations": 15000, "betas": _ADAM_DEFAULT_BETAS},
                             "published weights are exactly orthogonal (geotorch parametrisation), ours are "
                             "Bjorck-orthonormalised raw weights; 15000 iterations (25000 in the other version)"),
     "lsot-f": Counterpart("reg_ls", {**_NET, "regularization": "l2", "pairs": "paired"},
-                          {**_TRAIN, "iterations": 10000, "epsilon": 0.01},
+                          {**_TRAIN, "iterations": 10000, "epsilon": 0.01, "betas": _ADAM_DEFAULT_BETAS},
                           "the critic is the P-side potential f"),
     "3p-wgan": Counterpart("mm", {**_NET, "mover_residual": False},
-                           {**_TRAIN, "iterations": 15000, "mover_steps": 12},
+                           {**_TRAIN, "iterations": 15000, "mover_steps": 12, "betas": _WGAN_BETAS},
                            "15000 iterations (20000 in the other notebook version)"),
     "3p-wgan_rev": Counterpart("mm_r", {**_NET, "mover_residual": False, "score": "mover"},
-                               {**_TRAIN, "iterations": 15000, "mover_steps": 12},
+                               {**_TRAIN, "iterations": 15000, "mover_steps": 12, "betas": _WGAN_BETAS},
                                "published cos / l2 are the mover's displacement direction (x - T(x)) / |x - T(x)|,"
                                " the W1 estimate is the critic's; 15000 iterations (20000 in the other version)"),
-    "wgan-qp": Counterpart("mm_b", dict(_NET), {**_TRAIN, "iterations": 15000},
+    "wgan-qp": Counterpart("mm_b", dict(_NET), {**_TRAIN, "iterations": 15000, "betas": _ADAM_DEFAULT_BETAS},
                            "batch c-transform over the P batch, loss through phi at the argmin: exactly MM:B; "
                            "15000 iterations (25000 in the other notebook version)"),
     # "cowgan" (switches between the direct loss and batch c-transforms in both directions): no counterpart.
@@ -130,7 +135,10 @@ def _differences(cp: Counterpart, full: Mapping[str, Any]) -> list[str]:
         if ours is None:
             continue
         try:
-            same = float(ours) == float(pub)
+            if isinstance(pub, tuple):  # e.g. Adam betas; a suite gives a list
+                same = tuple(float(v) for v in ours) == tuple(float(v) for v in pub)
+            else:
+                same = float(ours) == float(pub)
         except (TypeError, ValueError):
             same = ours == pub
         if not same:
