@@ -13,7 +13,8 @@ import torch
 from otbench.api import SolverDidNotConverge
 from otbench_plugins.discrete import cpu_kernels
 from otbench_plugins.discrete.entropic import ipot_solve, sinkhorn_solve
-from test_entropic_fused import ipot_reference  # seed 004 Algorithm 1 on explicit matrices
+from test_entropic_fused import N, ipot_reference  # Algorithm 1 (seed 004) on explicit matrices
+from test_entropic_fused import problem as fused_problem
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.enabled(), reason="numba not available: the torch path runs")
 
@@ -25,18 +26,9 @@ def kernels_never_fall_back():
     yield
     assert not cpu_kernels._broken, "a compiled kernel failed and the torch path took over"
 
-N, M = 53, 41  # 53 rows: 4-row groups and a remainder in every chunking tried
-
-
 def problem(seed: int = 3, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(N, 2, generator=g, dtype=torch.float64)
-    y = torch.rand(M, 2, generator=g, dtype=torch.float64)
-    c = torch.cdist(x, y).square()
-    c = c / c.max()
-    a = torch.rand(N, generator=g, dtype=torch.float64) + 0.2
-    b = torch.rand(M, generator=g, dtype=torch.float64) + 0.2
-    return (a / a.sum()).to(dtype), (b / b.sum()).to(dtype), c.to(dtype)
+    """test_entropic_fused's problem (53 x 41: 4-row groups and a remainder in every chunking tried) in ``dtype``."""
+    return tuple(t.to(dtype) for t in fused_problem(seed))
 
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda k: f"{k}chunks")

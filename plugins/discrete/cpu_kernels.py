@@ -108,6 +108,15 @@ def _layer() -> str:
 
 if numba is not None:
     try:  # decorating needs a cache locator (a writable source dir or user cache): without one, no kernels
+        @njit(fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
+        def _sum_rows(partials, out):  # pragma: no cover - compiled
+            """``out[j] = sum_t partials[t, j]``: the per-chunk partial sums of ``K^T u`` added up."""
+            for j in range(partials.shape[1]):
+                acc = partials[0, j]
+                for t in range(1, partials.shape[0]):
+                    acc += partials[t, j]
+                out[j] = acc
+
         @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
         def _sinkhorn_sweeps(K, a, b, u, v, KTu, iters, nchunks):  # pragma: no cover - compiled
             n, m = K.shape
@@ -158,11 +167,7 @@ if numba is not None:
                         for j in range(m):
                             p[j] += r0[j] * u0
                         i += 1
-                for j in range(m):
-                    acc = partials[0, j]
-                    for t in range(1, nchunks):
-                        acc += partials[t, j]
-                    KTu[j] = acc
+                _sum_rows(partials, KTu)
             return 0
 
         @njit(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
@@ -245,11 +250,7 @@ if numba is not None:
                     for j in range(m):
                         p[j] += r0[j] * x0
                     i += 1
-            for j in range(m):
-                acc = partials[0, j]
-                for t in range(1, nchunks):
-                    acc += partials[t, j]
-                KTx[j] = acc
+            _sum_rows(partials, KTx)
             return 0
     except Exception as exc:  # pragma: no cover - depends on the file system
         warnings.warn(f"otbench: numba CPU kernels unavailable ({type(exc).__name__}: {exc}); using torch",
