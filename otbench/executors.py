@@ -80,10 +80,13 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="otbench-parent-watch", daemon=True).start()
 
 
-def _worker(inbox: Any, outbox: Any, jobs: int, parent: int | None = None) -> None:
-    """Worker loop: take a RunSpec, put back (pid, record). ``None`` stops it.
+def _worker(specs: Any, reports: Any, jobs: int, parent: int | None = None) -> None:
+    """Worker loop: receive a RunSpec on ``specs``, send back "solving" when its timed part starts, then its
+    record, on ``reports`` (this worker's own pipe). ``None`` (or the parent closing the pipe) stops it.
 
-    The worker loads plugins itself (the environment, OTBENCH_PLUGIN_MODULES included, is inherited).
+    The worker loads plugins itself (the environment, OTBENCH_PLUGIN_MODULES included, is inherited). Messages
+    are sent from this thread, synchronously: no feeder thread, and no lock shared with other workers, so a
+    worker killed half-way through a message (the OOM killer does not wait) can only garble its own pipe.
     """
     if parent is not None:
         _die_with_parent(parent)
@@ -98,16 +101,17 @@ def _worker(inbox: Any, outbox: Any, jobs: int, parent: int | None = None) -> No
     from otbench.env import environment
 
     environment(torch.device("cpu"), 1)
-    outbox.put((os.getpid(), "ready"))
+    reports.send("ready")
     while True:
-        spec = inbox.get()
+        try:
+            spec = specs.recv()
+        except EOFError:  # the parent is gone or done
+            return
         if spec is None:
             return
         # The in-worker alarm stops Python-level overruns with an exact record; the parent kills the worker
         # as a backstop when native code ignores the alarm.
-        pid = os.getpid()
-        outbox.put((pid, execute_run(spec, registry, jobs=jobs,
-                                     on_timed_start=lambda: outbox.put((pid, "solving")))))
+        reports.send(execute_run(spec, registry, jobs=jobs, on_timed_start=lambda: reports.send("solving")))
 
 
 @contextlib.contextmanager
@@ -126,69 +130,133 @@ def _safe_path() -> Iterator[None]:
             os.environ["PYTHONSAFEPATH"] = previous
 
 
+class _Gone:
+    """Posted by a worker's reader thread when its pipe ends: the worker exited, was killed (possibly in the
+    middle of a message, which is dropped) or sent something that cannot be read."""
+
+    def __init__(self, why: str = "") -> None:
+        self.why = why
+
+
 class _Worker:
-    def __init__(self, ctx: Any, outbox: Any, jobs: int) -> None:
-        self.inbox = ctx.Queue()
-        self.process = ctx.Process(target=_worker, args=(self.inbox, outbox, jobs, os.getpid()), daemon=True)
+    """One worker process and its two pipes. A daemon thread reads the worker's reports and posts
+    ``(pid, message)`` to the pool's event queue, then ``(pid, _Gone)`` when the pipe ends: a worker that stops
+    half-way through a message blocks only its own reader, never the pool."""
+
+    def __init__(self, ctx: Any, events: queue.Queue[tuple[int, Any]], jobs: int) -> None:
+        spec_reader, self._spec_writer = ctx.Pipe(duplex=False)
+        reports, report_writer = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_worker, args=(spec_reader, report_writer, jobs, os.getpid()), daemon=True)
         with _safe_path():
             self.process.start()
+        # the worker holds its own copies: closing ours makes the reports pipe end (EOF) exactly when it is gone
+        spec_reader.close()
+        report_writer.close()
+        self.pid: int = self.process.pid  # type: ignore[assignment]
         self.spec: RunSpec | None = None
-        self.started = 0.0
+        self.ready = False
+        self.started = time.monotonic()  # of the process until it is ready, then of the run it was given
+        self.dead_since: float | None = None
+        threading.Thread(target=self._forward, args=(reports, events), name=f"otbench-reports-{self.pid}",
+                         daemon=True).start()
 
-    def assign(self, spec: RunSpec) -> None:
+    def _forward(self, reports: Any, events: queue.Queue[tuple[int, Any]]) -> None:
+        try:
+            while True:
+                events.put((self.pid, reports.recv()))
+        except (EOFError, OSError):  # the pipe ended, possibly mid-message
+            events.put((self.pid, _Gone()))
+        except Exception as exc:  # noqa: BLE001 - a message that cannot be unpickled
+            events.put((self.pid, _Gone(f"it sent an unreadable message ({type(exc).__name__}: {exc})")))
+        finally:
+            reports.close()
+
+    def assign(self, spec: RunSpec) -> bool:
+        """Send ``spec`` to the worker; False if it is gone (its death is then reported by its reader)."""
+        try:
+            self._spec_writer.send(spec)
+        except OSError:
+            return False
         self.spec, self.started = spec, time.monotonic()
-        self.inbox.put(spec)
+        return True
+
+    def stop(self) -> None:
+        """Ask an idle worker to exit."""
+        with contextlib.suppress(OSError):
+            self._spec_writer.send(None)
 
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+        self._spec_writer.close()
+
+    def death(self) -> str:
+        """How the (dead or killed) process ended, e.g. 'signal 9' or 'exit code 1'."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
 class ProcessPoolExecutor:
     """Local process pool. A worker is killed ``grace`` seconds after its run's timeout, counted from the start
     of ``solve`` (or from the assignment, while the untimed task build and ``prepare`` run); the worker's own
-    alarm normally fires first."""
+    alarm normally fires first. A worker that is not ready ``startup_timeout`` seconds after it was started is
+    killed and replaced; ``max_idle_deaths`` workers dying before they run anything stop the pool.
+
+    Each worker has its own pipes, read by a thread of this process: a worker killed at any moment (even half-way
+    through sending its record) costs its own run only."""
 
     def __init__(self, jobs: int, grace: float = 30.0, max_idle_deaths: int = 3,
-                 max_workers: int | None = None) -> None:
+                 max_workers: int | None = None, startup_timeout: float = 600.0) -> None:
         self.jobs, self.grace, self.max_idle_deaths = max(1, jobs), grace, max_idle_deaths
         #: worker processes to start (default ``jobs``); ``jobs`` alone sets each worker's thread share
         self.max_workers = max_workers
+        self.startup_timeout = startup_timeout
         self._idle_deaths = 0
 
     def run(self, specs: list[RunSpec], on_record: OnRecord, on_start: OnStart | None = None) -> None:
         """Run ``specs`` on the pool (``on_start`` is not used: the pool records its dead workers itself)."""
         ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-        with _safe_path():  # creating the queue may start the resource tracker
-            outbox = ctx.Queue()
+        events: queue.Queue[tuple[int, Any]] = queue.Queue()
         pending = list(reversed(specs))
         workers: dict[int, _Worker] = {}
 
         def spawn() -> None:
-            w = _Worker(ctx, outbox, self.jobs)
-            workers[w.process.pid] = w
+            w = _Worker(ctx, events, self.jobs)
+            workers[w.pid] = w
+
+        def give_work(w: _Worker) -> None:
+            if w.ready and w.spec is None and pending:
+                spec = pending.pop()
+                if not w.assign(spec):
+                    pending.append(spec)  # the worker is gone: its reader reports it, and the run goes elsewhere
 
         for _ in range(min(self.max_workers or self.jobs, len(specs))):
             spawn()
         try:
             while pending or any(w.spec is not None for w in workers.values()):
                 try:
-                    pid, payload = outbox.get(timeout=0.2)
+                    pid, message = events.get(timeout=0.2)
                 except queue.Empty:
-                    pid, payload = None, None
-                if pid in workers:
-                    w = workers[pid]
-                    if payload == "solving" and w.spec is not None:
+                    pid, message = None, None
+                w = workers.get(pid) if pid is not None else None  # messages of retired workers are dropped
+                if w is not None:
+                    if isinstance(message, _Gone):
+                        self._retire(w, workers, on_record, spawn, pending, message.why)
+                    elif message == "ready":
+                        w.ready, w.started = True, time.monotonic()
+                    elif message == "solving" and w.spec is not None:
                         # the timeout covers solve; the untimed build and prepare (imports, warm-up) that came
                         # before it must not use up the backstop's budget
                         w.started = time.monotonic()
-                        continue
-                    if isinstance(payload, dict):
+                    elif isinstance(message, dict):
                         w.spec = None
-                        on_record(payload)
-                    if w.spec is None and pending:
-                        w.assign(pending.pop())
+                        on_record(message)
+                    if w.pid in workers:
+                        give_work(w)
                 self._reap(workers, on_record, spawn, pending)
         except BaseException:  # Ctrl-C, SIGTERM or an error: stop the workers now, mid-run or not
             for w in workers.values():
@@ -197,14 +265,34 @@ class ProcessPoolExecutor:
         finally:
             for w in workers.values():
                 if w.process.is_alive():
-                    w.inbox.put(None)
+                    w.stop()
             for w in workers.values():
                 w.process.join(timeout=5)
                 w.kill()
 
+    def _retire(self, w: _Worker, workers: dict[int, _Worker], on_record: OnRecord, spawn: Callable[[], None],
+                pending: list[RunSpec], why: str = "") -> None:
+        """Record the end of a worker that died, or left its pipe unreadable, and replace it if work remains."""
+        if w.process.is_alive():  # an unreadable message from a live worker: it cannot be trusted further
+            w.kill()
+        how = w.death() + (f"; {why}" if why else "")
+        del workers[w.pid]
+        if w.spec is not None:
+            on_record(failed_record(w.spec, f"worker process died ({how}) during the run"))
+            w.spec = None
+        else:
+            self._idle_deaths += 1
+            if self._idle_deaths >= self.max_idle_deaths:
+                raise RuntimeError(f"otbench worker processes keep dying before running anything ({how})")
+        w.kill()
+        if pending:
+            spawn()
+
     def _reap(self, workers: dict[int, _Worker], on_record: OnRecord, spawn: Callable[[], None],
               pending: list[RunSpec]) -> None:
-        """Record and replace workers that timed out or died."""
+        """Kill and replace workers past their run's timeout (plus grace) or stuck starting up. A worker found
+        dead is normally retired when its reader reports the end of its pipe (after any record it sent); this
+        retires it if that has not come within 5 s (a process it started may be holding the pipe open)."""
         now = time.monotonic()
         for pid, w in list(workers.items()):
             if w.spec is not None and now - w.started > w.spec.timeout + self.grace:
@@ -213,21 +301,17 @@ class ProcessPoolExecutor:
                                                 f"(worker killed after {now - w.started:.1f} s)"))
                 w.spec = None
                 del workers[pid]
+                if pending:
+                    spawn()
+            elif w.spec is None and not w.ready and now - w.started > self.startup_timeout:
+                w.kill()
+                self._retire(w, workers, on_record, spawn, pending,
+                             f"not ready {self.startup_timeout:g} s after it was started")
             elif not w.process.is_alive():
-                code = w.process.exitcode
-                how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                if w.spec is not None:
-                    on_record(failed_record(w.spec, f"worker process died ({how}) during the run"))
-                    w.spec = None
-                else:
-                    self._idle_deaths += 1
-                    if self._idle_deaths >= self.max_idle_deaths:
-                        raise RuntimeError(f"otbench worker processes keep dying before running anything ({how})")
-                del workers[pid]
-            else:
-                continue
-            if pending:
-                spawn()
+                if w.dead_since is None:
+                    w.dead_since = now
+                elif now - w.dead_since > 5.0:
+                    self._retire(w, workers, on_record, spawn, pending)
 
 
 # -- choosing an executor from the machine -------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
+import threading
 import time
 
 from otbench import Solution, Solver, hookimpl
@@ -50,6 +52,39 @@ class KillsItself(_Base):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KilledWhileReporting(_Base):
+    """Returns a record of ``megabytes`` MB and is killed (SIGKILL) while one of its threads is blocked writing it
+    to the parent (a write(2) of over 1 MB): the parent is left holding half a message. Linux x86-64/arm64 only
+    (it watches /proc/self/task/*/syscall)."""
+    name = "fault_killed_while_reporting"
+    defaults = {**_Base.defaults, "megabytes": 64}
+    WRITE = {"x86_64": 1, "aarch64": 64}
+
+    def solve(self, problem):
+        write = self.WRITE[platform.machine()]
+
+        def in_big_write() -> bool:
+            for tid in os.listdir("/proc/self/task"):
+                if int(tid) == threading.get_native_id():  # this watching thread
+                    continue
+                try:
+                    with open(f"/proc/self/task/{tid}/syscall") as f:
+                        fields = f.read().split()
+                except OSError:  # the thread ended
+                    continue
+                if fields and fields[0] == str(write) and int(fields[3], 16) > 2**20:
+                    return True
+            return False
+
+        def kill_mid_send() -> None:
+            while not in_big_write():
+                time.sleep(0.0002)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_mid_send, daemon=True).start()
+        return Solution(distance=self.params["value"], info={"payload": "x" * (self.params["megabytes"] << 20)})
+
+
 class Hangs(_Base):
     """Blocks signals and sleeps: only killing the process stops it (like a stuck native call)."""
     name = "fault_hangs"
@@ -69,5 +104,5 @@ class WrongType(_Base):
 
 @hookimpl
 def otbench_register_solvers(register):
-    for cls in (Raises, ReturnsNaN, Sleeps, KillsItself, Hangs, WrongType):
+    for cls in (Raises, ReturnsNaN, Sleeps, KillsItself, KilledWhileReporting, Hangs, WrongType):
         register(cls)

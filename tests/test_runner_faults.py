@@ -105,6 +105,34 @@ def test_process_pool_records_timeouts_and_killed_workers(fault_registry, tmp_pa
     assert records["exact_lp"]["status"] == "ok"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="the fault watches /proc/self/io (Linux)")
+@pytest.mark.timeout(180)
+def test_process_pool_survives_a_worker_killed_while_sending_its_record(fault_registry, tmp_path):
+    """A worker killed half-way through sending its record to the parent (the OOM killer does not wait) must not
+    stop the other workers from reporting: each worker has its own channel, so the half message is dropped with
+    the worker that wrote it (a channel shared by all workers stays locked, or garbled, for good)."""
+    specs = _specs(fault_registry, tmp_path, """
+  - {name: fault_killed_while_reporting}
+  - {name: fault_sleeps, label: after, params: {seconds: 0.5, value: 2.0}}
+  - {name: exact_lp, params: {n_samples: 64}}
+""", timeout=60.0)
+    records = {}
+    ProcessPoolExecutor(jobs=2, grace=4.0).run(specs, lambda r: records.__setitem__(r["solver_label"], r))
+    assert set(records) == {"fault_killed_while_reporting", "after", "exact_lp"}
+    killed = records["fault_killed_while_reporting"]
+    assert killed["status"] == "failed" and "signal 9" in killed["error"], killed
+    assert records["after"]["status"] == "ok" and records["exact_lp"]["status"] == "ok"
+
+
+def test_process_pool_replaces_workers_stuck_starting_up(fault_registry, tmp_path):
+    """A worker that never reports ready (a plugin import that hangs, a stuck file system) is killed after the
+    start-up timeout and replaced; workers that keep failing to start stop the pool with a message, not a hang."""
+    specs = _specs(fault_registry, tmp_path, "  - {name: exact_lp, params: {n_samples: 64}}")
+    pool = ProcessPoolExecutor(jobs=1, startup_timeout=0.3, max_idle_deaths=2)
+    with pytest.raises(RuntimeError, match="keep dying before running anything .*not ready 0.3 s after"):
+        pool.run(specs, lambda r: pytest.fail(f"no run can start, yet a record came: {r}"))
+
+
 SLOW_SUITE = """
 name: slow
 seeds: [0, 1, 2, 3, 4, 5, 6, 7]
