@@ -165,6 +165,9 @@ def test_threads_and_published_defaults():
         assert cls.defaults["batch_size"] == 1024 and math.isclose(cls.defaults["lr"], 2e-4)
     assert MM.defaults["iterations"] == MMR.defaults["iterations"] == MMB.defaults["iterations"] == 15000
     assert MM.defaults["mover_steps"] == 12 and RegLS.defaults["iterations"] == 10000
+    # Adam betas of the authors' notebook: 3P-WGAN and its reverse (0, 0.9); WGAN-qp and LSOT Adam's defaults
+    assert MM.defaults["betas"] == MMR.defaults["betas"] == (0.0, 0.9)
+    assert MMB.defaults["betas"] == RegLS.defaults["betas"] == (0.9, 0.999)
 
 
 

@@ -126,8 +126,11 @@ def test_differences_name_the_adam_betas_where_ours_differ():
     # the notebook trains WGAN-qp (MM:B) and LSOT with Adam's default betas, 3P-WGAN with (0, 0.9); a comparison
     # that ignored betas, or compared a suite's list to the published tuple as unequal, would say otherwise
     task = MinFunnelPair(dim=16, funnels=4, pairs="published")
-    assert "betas (0.0, 0.9) (published (0.9, 0.999))" in task.published("mm_b", {})["differences"]
-    assert not any(d.startswith("betas") for d in task.published("mm_b", {"betas": [0.9, 0.999]})["differences"])
+    assert "betas (0.0, 0.9) (published (0.9, 0.999))" in task.published("mm_b", {"betas": [0, 0.9]})["differences"]
+    assert "betas (0.0, 0.9) (published (0.9, 0.999))" in task.published("reg_ls", {"betas": [0, 0.9]})["differences"]
+    for solver in ("mm_b", "reg_ls"):  # our defaults are the published ones; a suite's list equals the tuple
+        for params in ({}, {"betas": [0.9, 0.999]}):
+            assert not any(d.startswith("betas") for d in task.published(solver, params)["differences"])
     assert not any(d.startswith("betas") for d in task.published("mm", {"mover_residual": False})["differences"])
 
 

@@ -136,7 +136,8 @@ def _differences(cp: Counterpart, full: Mapping[str, Any]) -> list[str]:
             continue
         try:
             if isinstance(pub, tuple):  # e.g. Adam betas; a suite gives a list
-                same = tuple(float(v) for v in ours) == tuple(float(v) for v in pub)
+                ours = tuple(float(v) for v in ours)
+                same = ours == tuple(float(v) for v in pub)
             else:
                 same = float(ours) == float(pub)
         except (TypeError, ValueError):
