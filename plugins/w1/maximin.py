@@ -348,8 +348,8 @@ class RegLS(_NeuralW1Solver):
     name = "reg_ls"
     version = "2"  # 2: Adam betas (0.9, 0.999) by default, as the published LSOT
     provides = frozenset({"distance", "critic", "plan_samples"})
-    defaults = {**_COMMON, "betas": (0.9, 0.999), "iterations": 10000, "regularization": "l2", "epsilon": 0.01, "pairs": "paired",
-                "plan_pool": 2048}
+    defaults = {**_COMMON, "betas": (0.9, 0.999), "iterations": 10000, "regularization": "l2", "epsilon": 0.01,
+                "pairs": "paired", "plan_pool": 2048}
 
     def _check_params(self) -> None:
         super()._check_params()
