@@ -580,9 +580,12 @@ class GroupSortSO(_DualCritic):
     .736 at 1000 and .743 at 3000 (not that either); GroupSort with groups of 2 (MaxMin) gives .828 (the
     published net is a full sort, as here). The orthogonal parametrisation is not it either: with the weights
     parametrised by ``torch.nn.utils.parametrizations.orthogonal`` (the exponential and Cayley trivialisations
-    that geotorch also uses) instead of Bjorck, seeds 0 / 1 at 600 steps give .724 / .723 (matrix exp) and
-    .735 / .680 (Cayley) against Bjorck's .737 / .728 (D=16, N=4: .95 / .92 / .94 all three). Remaining
-    difference: the published 25x longer training on 4x larger batches. Not resolved.
+    that geotorch also offers) instead of Bjorck, seeds 0 / 1 at 600 steps give .724 / .723 (matrix exp) and
+    .735 / .680 (Cayley) against Bjorck's .737 / .728 (at D=16, N=4 all three give .92-.96). Nor, it seems,
+    the training budget alone: at the published lr 2e-4 and batch 1024 (seed 0, 8 Bjorck iterations) 3000
+    steps give .748 and 10000 give .761; lr 1e-3 at batch 1024 gives .808 at 3000 steps (batch 256: .756), and
+    at 10000 steps its raw weights drift so far that 8 Bjorck iterations leave them 3e-2 from orthonormal and
+    the run fails its orthogonality check (as designed). Not resolved.
     """
 
     name = "groupsort_so"
