@@ -192,8 +192,7 @@ class _Worker:
         self._spec_writer.close()
 
     def death(self) -> str:
-        """How the (dead or killed) process ended, e.g. 'signal 9' or 'exit code 1'."""
-        self.process.join(timeout=5)
+        """How the process ended, after ``kill``: e.g. 'signal 9' or 'exit code 1'."""
         code = self.process.exitcode
         if code is None:
             return "still running"
@@ -273,8 +272,7 @@ class ProcessPoolExecutor:
     def _retire(self, w: _Worker, workers: dict[int, _Worker], on_record: OnRecord, spawn: Callable[[], None],
                 pending: list[RunSpec], why: str = "") -> None:
         """Record the end of a worker that died, or left its pipe unreadable, and replace it if work remains."""
-        if w.process.is_alive():  # an unreadable message from a live worker: it cannot be trusted further
-            w.kill()
+        w.kill()  # a live one (stuck starting up, or it sent an unreadable message) cannot be trusted further
         how = w.death() + (f"; {why}" if why else "")
         del workers[w.pid]
         if w.spec is not None:
@@ -284,7 +282,6 @@ class ProcessPoolExecutor:
             self._idle_deaths += 1
             if self._idle_deaths >= self.max_idle_deaths:
                 raise RuntimeError(f"otbench worker processes keep dying before running anything ({how})")
-        w.kill()
         if pending:
             spawn()
 
@@ -304,7 +301,6 @@ class ProcessPoolExecutor:
                 if pending:
                     spawn()
             elif w.spec is None and not w.ready and now - w.started > self.startup_timeout:
-                w.kill()
                 self._retire(w, workers, on_record, spawn, pending,
                              f"not ready {self.startup_timeout:g} s after it was started")
             elif not w.process.is_alive():
